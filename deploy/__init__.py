@@ -1,0 +1,1 @@
+"""Serving and rollout: vLLM servers, canary control, and the scheduled improvement cycle."""

@@ -1,0 +1,1 @@
+"""The interaction and feedback store, and curation of training data from it."""

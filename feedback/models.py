@@ -1,0 +1,115 @@
+"""Tables of the interaction log and user feedback (Base / Create / Public layers, SQLModel).
+
+The schema itself is created by the explicit migrations in tuneloop/migrations; a test checks that these
+models and the migrated database agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import field_validator
+from sqlalchemy import JSON, Column, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class InteractionStatus(StrEnum):
+    ok = "ok"
+    upstream_error = "upstream_error"  # the upstream failed or answered non-2xx
+    client_disconnected = "client_disconnected"  # the caller left mid-stream; the row has the partial text
+    rejected = "rejected"  # the gateway refused it before any upstream call
+
+
+class InteractionBase(SQLModel):
+    response_id: str | None = Field(default=None, index=True, description="The `id` the upstream answered.")
+    api_key_id: str = Field(index=True)
+    model_alias: str = Field(index=True)
+    served_version: str = Field(index=True)
+    endpoint: str = Field(description="chat.completions or completions")
+    stream: bool = False
+    end_user: str | None = Field(default=None, description="The request's `user` field.")
+    request_body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    response_body: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    response_text: str | None = Field(default=None, sa_column=Column(Text))
+    finish_reason: str | None = None
+    status: InteractionStatus = Field(default=InteractionStatus.ok, sa_type=String(32))
+    http_status: int = 200
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    idempotency_key: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    completed_at: datetime | None = None
+
+
+class Interaction(InteractionBase, table=True):
+    __tablename__ = "interactions"
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key", name="uq_interactions_idempotency"),)
+
+    id: str = Field(primary_key=True, description="The gateway's request id (x-request-id).")
+
+
+class InteractionPublic(InteractionBase):
+    id: str
+    feedback: list[FeedbackPublic] = []
+
+
+class Rating(StrEnum):
+    up = "up"
+    down = "down"
+
+
+class FeedbackBase(SQLModel):
+    rating: Rating = Field(sa_type=String(8))
+    score: float | None = Field(default=None, ge=0, le=10, description="Optional numeric score, 0-10.")
+    comment: str | None = Field(default=None, max_length=10_000, sa_column=Column(Text))
+    correction: str | None = Field(
+        default=None, max_length=100_000, description="The answer the model should have given.",
+        sa_column=Column(Text),
+    )
+
+
+class FeedbackCreate(FeedbackBase):
+    """Body of POST /v1/feedback."""
+
+    model_config = {"extra": "forbid"}  # type: ignore[assignment]
+
+    response_id: str = Field(min_length=1, max_length=200)
+    user: str | None = Field(default=None, max_length=200, description="The end user giving the rating.")
+
+    @field_validator("correction", "comment")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value if value and value.strip() else None
+
+
+class Feedback(FeedbackBase, table=True):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("interaction_id", "end_user", name="uq_feedback_per_user"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    interaction_id: str = Field(foreign_key="interactions.id", index=True)
+    end_user: str = Field(default="", description="'' when the rater gave no user id.")
+    api_key_id: str
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class FeedbackPublic(FeedbackBase):
+    id: int
+    interaction_id: str
+    end_user: str
+    created_at: datetime
+    updated_at: datetime
+
+
+InteractionPublic.model_rebuild()

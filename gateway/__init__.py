@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: proxies vLLM replicas, authenticates keys, logs every interaction."""

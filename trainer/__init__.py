@@ -1,0 +1,1 @@
+"""QLoRA / LoRA fine-tuning with PEFT + TRL, and adapter merging."""

@@ -1,0 +1,1 @@
+"""tuneloop: shared settings, database plumbing and the command line."""

@@ -1,0 +1,104 @@
+"""The one settings object: environment (TUNELOOP_ prefix, `__` for nesting) over an optional YAML file.
+
+`TUNELOOP_CONFIG=path.yaml` names the YAML file; environment variables win over it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class Timeouts(BaseModel):
+    """Upstream timeouts, in seconds."""
+
+    connect: float = Field(3.0, gt=0, description="TCP connect to an upstream replica.")
+    first_byte: float = Field(120.0, gt=0, description="Request sent to response headers / first chunk.")
+    chunk_gap: float = Field(60.0, gt=0, description="Longest silence between two streamed chunks.")
+    total: float = Field(600.0, gt=0, description="Whole request, first byte to last.")
+
+
+class LogWriterSettings(BaseModel):
+    """Group-commit writer for the interaction log."""
+
+    max_batch: int = Field(256, ge=1, description="Rows committed in one transaction at most.")
+    queue_max: int = Field(10_000, ge=1, description="Rows waiting to be written before callers get 503.")
+    store_wait_s: float = Field(5.0, gt=0, description="How long a response waits for its row to commit.")
+
+
+class Settings(BaseSettings):
+    """Everything tuneloop reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELOOP_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Path = Field(Path("var"), description="Data directory: database, datasets, runs, models, logs.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at HOME/tuneloop.db.")
+    upstreams: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Static routes: model name -> base URLs of OpenAI-compatible replicas (…/v1 not included).",
+    )
+    admin_key: str = Field("", description="Bootstrap admin key (plain text, like LiteLLM's master key).")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
+    routing_cache_s: float = Field(2.0, ge=0, description="How long a gateway trusts its routing table.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    vllm_python: str = Field("", description="Python of the vLLM environment; empty: .venv-vllm/bin/python.")
+    base_model: str = Field("", description="Base model path or HF id; empty: HOME/models/demo-base.")
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls_look_like_urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, urls in value.items():
+            if not urls:
+                raise ValueError(f"upstreams.{name}: needs at least one base URL")
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"upstreams.{name}: {url!r} is not an http(s) URL")
+        return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("TUNELOOP_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
+
+    @property
+    def resolved_base_model(self) -> str:
+        return self.base_model or str((self.home / "models" / "demo-base").resolve())
+
+    def path(self, *parts: str) -> Path:
+        """A path under HOME, created as a directory when asked for the parent."""
+        return self.home.joinpath(*parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; a bad value raises pydantic's ValidationError naming the field."""
+    return Settings(**overrides)
