@@ -1,0 +1,228 @@
+"""Durable interaction log with group commit, and the feedback upsert.
+
+One writer task owns the write path: callers enqueue a row and await its commit; the writer drains whatever
+is queued (up to `max_batch`) into one transaction, so durability costs one fsync per batch rather than one
+per request. A batch that fails on a constraint is retried row by row so one bad row cannot sink the others.
+A store that stays down beyond `store_wait_s` fails the waiting callers with StoreUnavailable (-> 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, or_
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlmodel import Session, select
+
+from feedback.models import (
+    Feedback,
+    FeedbackCreate,
+    FeedbackPublic,
+    Interaction,
+    InteractionPublic,
+    utcnow,
+)
+
+log = logging.getLogger("tuneloop.store")
+
+
+class StoreUnavailable(RuntimeError):
+    """The row could not be committed within the bounded wait."""
+
+
+class DuplicateIdempotencyKey(RuntimeError):
+    """Another row already holds this (api key, Idempotency-Key)."""
+
+
+@dataclass
+class WriterStats:
+    commits: int = 0
+    rows: int = 0
+    last_commit_s: float = 0.0
+    consecutive_failures: int = 0
+    on_commit: Callable[[float, int], None] | None = None
+
+
+@dataclass
+class _Pending:
+    row: Interaction
+    done: asyncio.Future[None]
+
+
+@dataclass
+class InteractionLog:
+    engine: Engine
+    max_batch: int = 256
+    queue_max: int = 10_000
+    store_wait_s: float = 5.0
+    stats: WriterStats = field(default_factory=WriterStats)
+
+    def __post_init__(self) -> None:
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(self.queue_max)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store keeps failing or the queue is full: new streams are refused (503)."""
+        return self.stats.consecutive_failures == 0 and not self._queue.full()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="interaction-log-writer")
+
+    async def stop(self) -> None:
+        """Drain what is queued, then stop the writer."""
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def write(self, row: Interaction) -> None:
+        """Return once `row` is committed; raise StoreUnavailable or DuplicateIdempotencyKey otherwise."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(row, loop.create_future())
+        try:
+            async with asyncio.timeout(self.store_wait_s):
+                await self._queue.put(pending)
+                await asyncio.shield(pending.done)
+        except TimeoutError:
+            raise StoreUnavailable(f"row not committed within {self.store_wait_s}s") from None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit_with_retry(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit_with_retry(self, batch: list[_Pending]) -> None:
+        deadline = time.monotonic() + self.store_wait_s
+        delay = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                errors = await asyncio.to_thread(_commit_batch, self.engine, [p.row for p in batch])
+            except (OperationalError, SQLAlchemyError, OSError) as exc:
+                self.stats.consecutive_failures += 1
+                if time.monotonic() + delay >= deadline:
+                    log.error("interaction store unavailable: %s", exc)
+                    for pending in batch:
+                        _settle(pending.done, StoreUnavailable(str(exc).splitlines()[0]))
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            elapsed = time.perf_counter() - started
+            self.stats.consecutive_failures = 0
+            self.stats.commits += 1
+            self.stats.rows += len(batch)
+            self.stats.last_commit_s = elapsed
+            if self.stats.on_commit:
+                self.stats.on_commit(elapsed, len(batch))
+            for pending, error in zip(batch, errors, strict=True):
+                _settle(pending.done, error)
+            return
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _commit_batch(engine: Engine, rows: list[Interaction]) -> list[Exception | None]:
+    """Commit all rows in one transaction; on a constraint violation, fall back to one by one."""
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            session.add_all(rows)
+            session.commit()
+        return [None] * len(rows)
+    except IntegrityError:
+        pass
+    errors: list[Exception | None] = []
+    for row in rows:
+        try:
+            with Session(engine, expire_on_commit=False) as session:
+                session.add(row)
+                session.commit()
+            errors.append(None)
+        except IntegrityError as exc:
+            errors.append(DuplicateIdempotencyKey(str(exc).splitlines()[0]))
+    return errors
+
+
+def find_by_idempotency_key(engine: Engine, api_key_id: str, key: str) -> Interaction | None:
+    with Session(engine, expire_on_commit=False) as session:
+        statement = select(Interaction).where(
+            Interaction.api_key_id == api_key_id, Interaction.idempotency_key == key
+        )
+        return session.exec(statement).first()
+
+
+def find_interaction(engine: Engine, response_or_request_id: str) -> Interaction | None:
+    """Look an interaction up by the gateway's request id or by the upstream's response `id`."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(Interaction, response_or_request_id)
+        if row is not None:
+            return row
+        statement = select(Interaction).where(
+            or_(Interaction.response_id == response_or_request_id)
+        ).order_by(Interaction.created_at)
+        return session.exec(statement).first()
+
+
+def interaction_with_feedback(engine: Engine, interaction_id: str) -> InteractionPublic | None:
+    with Session(engine) as session:
+        row = session.get(Interaction, interaction_id)
+        if row is None:
+            return None
+        ratings = session.exec(
+            select(Feedback).where(Feedback.interaction_id == interaction_id).order_by(Feedback.id)
+        ).all()
+        public = InteractionPublic.model_validate(row, from_attributes=True)
+        public.feedback = [FeedbackPublic.model_validate(f, from_attributes=True) for f in ratings]
+        return public
+
+
+def upsert_feedback(engine: Engine, interaction_id: str, body: FeedbackCreate, api_key_id: str) -> FeedbackPublic:
+    """One rating per (interaction, end user): a second one replaces the first."""
+    end_user = body.user or ""
+    values = body.model_dump(include={"rating", "score", "comment", "correction"})
+    for _attempt in range(3):
+        with Session(engine, expire_on_commit=False) as session:
+            existing = session.exec(
+                select(Feedback).where(Feedback.interaction_id == interaction_id, Feedback.end_user == end_user)
+            ).first()
+            if existing is None:
+                row = Feedback(interaction_id=interaction_id, end_user=end_user, api_key_id=api_key_id, **values)
+            else:
+                row = existing
+                for name, value in values.items():
+                    setattr(row, name, value)
+                row.api_key_id = api_key_id
+                row.updated_at = utcnow()
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                continue  # a concurrent first rating by the same user won the insert: update it instead
+            return FeedbackPublic.model_validate(row, from_attributes=True)
+    raise StoreUnavailable("feedback could not be written after 3 attempts")

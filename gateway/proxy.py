@@ -1,0 +1,331 @@
+"""Proxying one completion to its upstream and logging it: the logic behind the thin OpenAI routes.
+
+Durability rule: a non-streamed answer leaves only after its row is committed (else 503); a streamed answer
+starts only while the log writer is healthy, and its row is written in the stream's `finally`, shielded from
+cancellation, with the partial text when the client left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy import Engine
+
+from feedback.interaction_log import (
+    DuplicateIdempotencyKey,
+    InteractionLog,
+    StoreUnavailable,
+    find_by_idempotency_key,
+)
+from feedback.models import Interaction, InteractionStatus, utcnow
+from gateway.auth import KeyCache, Principal
+from gateway.errors import (
+    GatewayError,
+    bad_gateway,
+    gateway_timeout,
+    not_found,
+    sse_error_event,
+    store_unavailable,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import ErrorDetail, SamplingFields
+from gateway.routing import ReplicaPicker, Route, Router
+from gateway.sse import DONE, StreamAccumulator, answer_text, replay_events
+from tuneloop.settings import Settings
+
+log = logging.getLogger("tuneloop.gateway")
+
+UPSTREAM_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+@dataclass
+class Gateway:
+    """What the routes need, made once in the app's lifespan."""
+
+    settings: Settings
+    engine: Engine
+    client: httpx.AsyncClient
+    router: Router
+    interaction_log: InteractionLog
+    keys: KeyCache
+    metrics: GatewayMetrics
+    picker: ReplicaPicker
+
+
+@dataclass
+class Call:
+    """One client request on its way through the gateway."""
+
+    endpoint: str
+    principal: Principal
+    request: SamplingFields
+    body: dict[str, Any]
+    request_id: str
+    idempotency_key: str | None
+    started: float
+
+    @property
+    def chat(self) -> bool:
+        return self.endpoint == "chat.completions"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def handle_completion(
+    gw: Gateway, endpoint: str, principal: Principal, request: SamplingFields, body: dict[str, Any],
+    request_id: str, idempotency_key: str | None,
+) -> Response:
+    call = Call(endpoint, principal, request, body, request_id, idempotency_key, time.perf_counter())
+    route = await gw.router.resolve(request.model, request.user or principal.key_id)
+    if route is None:
+        raise not_found(f"The model '{request.model}' does not exist.", param="model", code="model_not_found")
+    if idempotency_key:
+        previous = await asyncio.to_thread(find_by_idempotency_key, gw.engine, principal.key_id, idempotency_key)
+        if previous is not None:
+            return replay(previous, request.stream)
+    if request.stream and not gw.interaction_log.healthy:
+        raise store_unavailable()
+
+    upstream_body = dict(body, model=route.served_name)
+    strip_usage = False
+    if request.stream and not (request.stream_options and request.stream_options.include_usage):
+        upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        strip_usage = True
+    try:
+        upstream = await open_upstream(gw, route, UPSTREAM_PATHS[endpoint], upstream_body, request_id)
+    except GatewayError as error:
+        await _log_failure(gw, call, route, error)
+        raise
+    headers = {"x-request-id": request_id, "x-tuneloop-version": route.version}
+    if upstream.status_code >= 400 or not request.stream:
+        return await _finish_buffered(gw, call, route, upstream, headers)
+    response = LoggedStreamingResponse(
+        _relay_stream(gw, call, route, upstream, strip_usage), media_type="text/event-stream", headers=headers
+    )
+    return response
+
+
+async def open_upstream(
+    gw: Gateway, route: Route, path: str, body: dict[str, Any], request_id: str
+) -> httpx.Response:
+    """Send to a replica and wait for its response headers; a refused connection moves to the next one."""
+    timeouts = gw.settings.timeouts
+    content = orjson.dumps(body)
+    replicas = gw.picker.order(route.base_urls)
+    attempts = replicas if len(replicas) > 1 else replicas * 2  # one retry, on another replica when there is one
+    last_error: Exception | None = None
+    for base_url in attempts[:2]:
+        upstream_request = gw.client.build_request(
+            "POST", base_url + path, content=content,
+            headers={"content-type": "application/json", "x-request-id": request_id},
+        )
+        try:
+            async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
+                return await gw.client.send(upstream_request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            gw.metrics.upstream_errors.labels("connect").inc()
+            last_error = exc
+            continue
+        except TimeoutError:
+            gw.metrics.upstream_errors.labels("timeout").inc()
+            raise gateway_timeout(f"The upstream for '{route.alias}' sent no response in time.") from None
+        except httpx.HTTPError as exc:
+            gw.metrics.upstream_errors.labels("protocol").inc()
+            raise bad_gateway(f"The upstream for '{route.alias}' failed: {type(exc).__name__}.") from None
+    raise bad_gateway(
+        f"No upstream replica for '{route.alias}' accepted the connection ({type(last_error).__name__}).",
+        code="upstream_unavailable",
+    )
+
+
+async def _finish_buffered(
+    gw: Gateway, call: Call, route: Route, upstream: httpx.Response, headers: dict[str, str]
+) -> Response:
+    try:
+        async with asyncio.timeout(gw.settings.timeouts.total):
+            raw = await upstream.aread()
+    except TimeoutError:
+        gw.metrics.upstream_errors.labels("timeout").inc()
+        error = gateway_timeout(f"The upstream for '{route.alias}' did not finish in time.")
+        await _log_failure(gw, call, route, error)
+        raise error from None
+    except httpx.HTTPError as exc:
+        gw.metrics.upstream_errors.labels("read").inc()
+        error = bad_gateway(f"The upstream for '{route.alias}' broke off its answer: {type(exc).__name__}.")
+        await _log_failure(gw, call, route, error)
+        raise error from None
+    finally:
+        await upstream.aclose()
+    if upstream.status_code >= 400:
+        error = _upstream_status_error(upstream.status_code, raw, route)
+        await _log_failure(gw, call, route, error)
+        raise error
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        error = bad_gateway(f"The upstream for '{route.alias}' answered with invalid JSON.")
+        await _log_failure(gw, call, route, error)
+        raise error from None
+    text, finish = answer_text(parsed)
+    row = _row(call, route, InteractionStatus.ok, 200, response_body=parsed, text=text, finish=finish,
+               usage=parsed.get("usage"), response_id=parsed.get("id"))
+    try:
+        await gw.interaction_log.write(row)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    except DuplicateIdempotencyKey:
+        previous = await asyncio.to_thread(
+            find_by_idempotency_key, gw.engine, call.principal.key_id, call.idempotency_key or ""
+        )
+        if previous is not None:
+            return replay(previous, stream=False)
+        raise
+    _count(gw, call, route, 200)
+    return Response(raw, media_type="application/json", headers=headers)
+
+
+def _upstream_status_error(status: int, raw: bytes, route: Route) -> GatewayError:
+    """4xx from the upstream is the caller's mistake: pass it on; 5xx becomes 502."""
+    message = f"The upstream for '{route.alias}' answered {status}."
+    param = None
+    try:
+        detail = orjson.loads(raw).get("error") or {}
+        message = detail.get("message") or message
+        param = detail.get("param")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if 400 <= status < 500:
+        return GatewayError(status if status != 422 else 400, message, param=param, code="upstream_rejected")
+    return bad_gateway(f"The upstream for '{route.alias}' failed with {status}: {message}"[:2000])
+
+
+async def _relay_stream(
+    gw: Gateway, call: Call, route: Route, upstream: httpx.Response, strip_usage: bool
+) -> AsyncIterator[bytes]:
+    timeouts = gw.settings.timeouts
+    deadline = call.started + timeouts.total
+    accumulator = StreamAccumulator(strip_usage_only_chunks=strip_usage)
+    status, error, ttft = InteractionStatus.client_disconnected, None, None
+    chunks = upstream.aiter_raw()
+    try:
+        while True:
+            remaining = deadline - time.perf_counter()
+            try:
+                async with asyncio.timeout(max(0.0, min(timeouts.chunk_gap, remaining))):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            for event in accumulator.feed(chunk):
+                if ttft is None and accumulator.content_events:
+                    ttft = time.perf_counter() - call.started
+                yield event
+        status = InteractionStatus.ok
+        if not accumulator.saw_done:
+            status, error = InteractionStatus.upstream_error, "upstream stream ended without [DONE]"
+            yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_error"))
+            yield DONE
+    except TimeoutError:
+        gw.metrics.upstream_errors.labels("timeout").inc()
+        status, error = InteractionStatus.upstream_error, "upstream stream stalled past the chunk-gap timeout"
+        yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_timeout"))
+        yield DONE
+    except httpx.HTTPError as exc:
+        gw.metrics.upstream_errors.labels("read").inc()
+        status, error = InteractionStatus.upstream_error, f"upstream broke off the stream: {type(exc).__name__}"
+        yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_error"))
+        yield DONE
+    finally:
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()  # a departed client cancels the upstream generation too
+            if ttft is not None:
+                gw.metrics.ttft.labels(call.endpoint).observe(ttft)
+            row = _row(call, route, status, 200, text=accumulator.text, finish=accumulator.finish_reason,
+                       usage=accumulator.usage, response_id=accumulator.response_id, error=error, ttft=ttft)
+            try:
+                await gw.interaction_log.write(row)
+            except (StoreUnavailable, DuplicateIdempotencyKey) as exc:
+                log.error("streamed interaction %s not logged: %s", call.request_id, exc)
+            _count(gw, call, route, 200 if status == InteractionStatus.ok else 599)
+
+
+class LoggedStreamingResponse(StreamingResponse):
+    """Closes the body iterator as soon as the response ends, so the log row is written now, not at GC."""
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def replay(previous: Interaction, stream: bool) -> Response:
+    """Answer an Idempotency-Key retry from the stored row instead of generating again."""
+    headers = {"x-request-id": previous.id, "x-tuneloop-version": previous.served_version,
+               "x-tuneloop-idempotent-replay": "true"}
+    if stream:
+        events = replay_events(previous.response_id or previous.id, previous.served_version,
+                               previous.response_text or "", previous.finish_reason,
+                               chat=previous.endpoint == "chat.completions")
+        return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
+    body = previous.response_body or {}
+    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+
+def _row(
+    call: Call, route: Route, status: InteractionStatus, http_status: int, *, response_body=None, text=None,
+    finish=None, usage=None, response_id=None, error=None, ttft=None,
+) -> Interaction:
+    usage = usage or {}
+    return Interaction(
+        id=call.request_id,
+        response_id=response_id,
+        api_key_id=call.principal.key_id,
+        model_alias=route.alias,
+        served_version=route.version,
+        endpoint=call.endpoint,
+        stream=call.request.stream,
+        end_user=call.request.user,
+        request_body=call.body,
+        response_body=response_body,
+        response_text=text,
+        finish_reason=finish,
+        status=status,
+        http_status=http_status,
+        error=error,
+        latency_ms=(time.perf_counter() - call.started) * 1000,
+        ttft_ms=ttft * 1000 if ttft is not None else None,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        total_tokens=usage.get("total_tokens"),
+        # only a served answer claims the key: a retry after a failure must be tried again, not replayed
+        idempotency_key=call.idempotency_key if status == InteractionStatus.ok else None,
+        completed_at=utcnow(),
+    )
+
+
+async def _log_failure(gw: Gateway, call: Call, route: Route, error: GatewayError) -> None:
+    """Failed calls are logged too (curation counts them); a store outage must not mask the upstream error."""
+    row = _row(call, route, InteractionStatus.upstream_error, error.status, error=error.detail.message)
+    _count(gw, call, route, error.status)
+    try:
+        await gw.interaction_log.write(row)
+    except (StoreUnavailable, DuplicateIdempotencyKey) as exc:
+        log.error("failed interaction %s not logged: %s", call.request_id, exc)
+
+
+def _count(gw: Gateway, call: Call, route: Route, status: int) -> None:
+    gw.metrics.requests.labels(call.endpoint, route.version, str(status)).inc()
+    gw.metrics.latency.labels(call.endpoint).observe(time.perf_counter() - call.started)
