@@ -75,6 +75,19 @@ class InteractionLog:
         """False while the store keeps failing or the queue is full: new streams are refused (503)."""
         return self.stats.consecutive_failures == 0 and not self._queue.full()
 
+    async def ensure_available(self) -> None:
+        """Before a stream starts: if recent commits failed, probe the store; raise StoreUnavailable if down."""
+        if self.healthy:
+            return
+        if self._queue.full():
+            raise StoreUnavailable("interaction log queue is full")
+        try:
+            async with asyncio.timeout(self.store_wait_s):
+                await asyncio.to_thread(_probe, self.engine)
+        except (TimeoutError, SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"store probe failed: {type(exc).__name__}") from None
+        self.stats.consecutive_failures = 0
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="interaction-log-writer")
 
@@ -137,6 +150,11 @@ class InteractionLog:
             for pending, error in zip(batch, errors, strict=True):
                 _settle(pending.done, error)
             return
+
+
+def _probe(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
 
 
 def _settle(future: asyncio.Future[None], error: Exception | None) -> None:

@@ -95,8 +95,11 @@ async def handle_completion(
         previous = await asyncio.to_thread(find_by_idempotency_key, gw.engine, principal.key_id, idempotency_key)
         if previous is not None:
             return replay(previous, request.stream)
-    if request.stream and not gw.interaction_log.healthy:
-        raise store_unavailable()
+    if request.stream:
+        try:
+            await gw.interaction_log.ensure_available()
+        except StoreUnavailable:
+            raise store_unavailable() from None
 
     upstream_body = dict(body, model=route.served_name)
     strip_usage = False

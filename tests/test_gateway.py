@@ -103,7 +103,9 @@ def test_text_completions_and_models(gateway):
 
 def test_auth_errors_are_openai_shaped(gateway):
     with pytest.raises(openai.AuthenticationError) as missing:
-        gateway.client(key="tl-wrong").chat.completions.create(model="fake", messages=[{"role": "user", "content": "x"}])
+        gateway.client(key="tl-wrong").chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "x"}]
+        )
     assert missing.value.body["code"] == "invalid_api_key"
     response = httpx.post(gateway.url + "/v1/chat/completions", json={})
     assert response.status_code == 401 and set(response.json()["error"]) == {"message", "type", "param", "code"}
