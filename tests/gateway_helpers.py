@@ -47,6 +47,16 @@ class RunningGateway:
         with Session(self.engine) as session:
             return session.exec(select(func.count()).select_from(Interaction)).one()
 
+    def wait_for_row(self, response_id: str, timeout_s: float = 10.0) -> Interaction:
+        """A streamed row is written when the stream ends, just after the client saw [DONE]."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for row in self.rows():
+                if response_id in (row.response_id, row.id):
+                    return row
+            time.sleep(0.05)
+        raise AssertionError(f"no interaction row for {response_id}")
+
     def wait_for_rows(self, n: int, timeout_s: float = 10.0) -> list[Interaction]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
