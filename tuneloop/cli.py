@@ -20,6 +20,38 @@ console = Console()
 # --- sub-apps ---
 
 
+@app.command("serve")
+def serve_command(
+    workers: int = typer.Option(1, min=1, help="Gateway processes (stateless; they share the store)."),
+) -> None:
+    """Run the gateway alone, routing to the upstreams in the settings."""
+    import uvicorn
+
+    settings = load_settings()
+    migrate(settings.resolved_database_url)
+    uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
+                log_level="warning")
+
+
+@app.command("up")
+def up_command() -> None:
+    """Bring up the whole system on the embedded default: demo model, real vLLM, the gateway."""
+    import uvicorn
+
+    from deploy.quickstart import DEFAULT_ALIAS, bring_up, usage_panel
+    from gateway.app import create_app
+
+    settings = load_settings()
+    quick = bring_up(settings, console)
+    settings = settings.model_copy(update={"upstreams": {DEFAULT_ALIAS: [quick.vllm.base_url]}})
+    base_url = f"http://{settings.host}:{settings.port}"
+    console.print(usage_panel(base_url, quick.app_key))
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        quick.vllm.stop()
+
+
 @app.command("migrate")
 def migrate_command() -> None:
     """Create or upgrade the database schema (explicit migrations)."""

