@@ -1,0 +1,1 @@
+"""Data shipped with the registry: the general regression set (regression.jsonl)."""
