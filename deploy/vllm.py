@@ -156,17 +156,46 @@ def stop_process_group(pid: int, grace_s: float = 20.0, process: subprocess.Pope
         return process.poll() if process else None
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            return process.returncode
-        if process is None and not _alive(pid):
-            return None
+        leader_done = process.poll() is not None if process is not None else not _alive(pid)
+        # the API server exits first; its engine processes (same group) take a few seconds more
+        if leader_done and not _group_alive(pid):
+            return process.returncode if process is not None else None
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     return process.wait(timeout=10) if process else None
 
 
+def _group_alive(pgid: int) -> bool:
+    """A live (non-zombie) process is left in the group: orphaned zombies wait for an init that may never
+    reap them (a container's init often doesn't), so kill(0) alone would report them alive forever."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _alive(pid: int) -> bool:
+    # A server we started whose Popen is gone (a launcher re-created after a restart of its object) turns
+    # into a zombie when it exits: kill(pid, 0) would still succeed, so reap it if it is our child.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

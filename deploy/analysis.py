@@ -1,0 +1,195 @@
+"""Canary analysis: a pure function from the two arms' figures and a policy to promote, rollback or wait.
+
+Three checks, each ok / worse / unknown:
+- error rate and thumbs-down rate: the canary is *worse* when its rate exceeds production's by more than the
+  allowed increase AND Fisher's exact test (one-sided, canary > production) is significant; an increase
+  above the allowance that is not (yet) significant is *unknown* (more data decides). With
+  `require_non_inferiority`, *ok* also needs the Agresti-Caffo upper confidence bound of the increase to be
+  within the allowance (strict: needs many samples), else plain "observed within the allowance" is ok.
+- p95 latency: worse when canary p95 / production p95 exceeds the allowed ratio.
+Any worse -> rollback; all ok -> promote; else wait. Too few requests or ratings on an arm -> that check is
+unknown, so the decision is wait unless another check already shows the canary worse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+from scipy.stats import fisher_exact, norm
+
+
+class Action(StrEnum):
+    promote = "promote"
+    rollback = "rollback"
+    wait = "wait"
+    advance = "advance"  # the controller's: a promote verdict below the last stage raises the weight instead
+
+
+class Verdict(StrEnum):
+    ok = "ok"
+    worse = "worse"
+    unknown = "unknown"
+
+
+@dataclass(frozen=True)
+class ArmFigures:
+    """One arm's traffic over the analysis window, from the interaction log."""
+
+    version_id: str
+    requests: int = 0  # interactions served by this version (gateway refusals excluded)
+    errors: int = 0  # of those, upstream failures
+    thumbs_up: int = 0
+    thumbs_down: int = 0
+    p95_latency_ms: float | None = None
+    latency_samples: int = 0  # successful requests behind the p95
+
+    def __post_init__(self) -> None:
+        for name in ("requests", "errors", "thumbs_up", "thumbs_down", "latency_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0 (arm {self.version_id})")
+        if self.errors > self.requests:
+            raise ValueError(f"errors: {self.errors} > requests {self.requests} (arm {self.version_id})")
+
+    @property
+    def ratings(self) -> int:
+        return self.thumbs_up + self.thumbs_down
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """When a canary is promoted, rolled back, or left running to gather more traffic."""
+
+    min_requests: int = 200  # per arm, before the error and latency checks can pass
+    min_ratings: int = 30  # thumbs up + down per arm, before the thumbs-down check can pass (0: not required)
+    max_error_rate_increase: float = 0.01  # absolute, e.g. 0.01 = one percentage point
+    max_thumbs_down_rate_increase: float = 0.05  # absolute share of thumbs-down among ratings
+    alpha: float = 0.05  # significance level of the one-sided tests
+    max_p95_latency_ratio: float = 1.5  # canary p95 / production p95
+    require_non_inferiority: bool = False  # ok needs the confidence bound (not just the estimate) in the allowance
+    stages: tuple[int, ...] = ()  # weights (1-99) a passing canary steps through before promotion, e.g. (50,)
+
+    def __post_init__(self) -> None:
+        for name in ("min_requests", "min_ratings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
+        for name in ("max_error_rate_increase", "max_thumbs_down_rate_increase"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be a fraction from 0 to 1, got {getattr(self, name)!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha: must be between 0 and 1, got {self.alpha!r}")
+        if not self.max_p95_latency_ratio >= 1:
+            raise ValueError(f"max_p95_latency_ratio: must be >= 1, got {self.max_p95_latency_ratio!r}")
+        stages = tuple(self.stages)
+        if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 99 for s in stages):
+            raise ValueError(f"stages: weights must be integers from 1 to 99 (promotion is 100), got {stages!r}")
+        if list(stages) != sorted(set(stages)):
+            raise ValueError(f"stages: must be strictly increasing, got {stages!r}")
+        object.__setattr__(self, "stages", stages)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CanaryPolicy:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"canary policy: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{k: tuple(v) if k == "stages" else v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "stages": list(self.stages)}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # errors | thumbs_down | latency
+    verdict: Verdict
+    reason: str
+    production: float | None = None
+    canary: float | None = None
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    action: Action
+    reasons: tuple[str, ...]
+    checks: tuple[Check, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": str(self.action), "reasons": list(self.reasons),
+                "checks": [{**asdict(c), "verdict": str(c.verdict)} for c in self.checks]}
+
+
+def analyse(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy) -> Analysis:
+    """Decide on a canary from the two arms' figures over the same window."""
+    checks = (
+        _rate_check("errors", "error rate", production.errors, production.requests, canary.errors, canary.requests,
+                    policy.min_requests, policy.max_error_rate_increase, policy),
+        _rate_check("thumbs_down", "thumbs-down rate", production.thumbs_down, production.ratings,
+                    canary.thumbs_down, canary.ratings, policy.min_ratings, policy.max_thumbs_down_rate_increase,
+                    policy),
+        _latency_check(production, canary, policy),
+    )
+    worse = [c.reason for c in checks if c.verdict == Verdict.worse]
+    if worse:
+        return Analysis(Action.rollback, tuple(worse), checks)
+    unknown = [c.reason for c in checks if c.verdict == Verdict.unknown]
+    if unknown:
+        return Analysis(Action.wait, tuple(unknown), checks)
+    return Analysis(Action.promote, tuple(c.reason for c in checks), checks)
+
+
+def _rate_check(name: str, label: str, bad_p: int, n_p: int, bad_c: int, n_c: int, minimum: int,
+                allowance: float, policy: CanaryPolicy) -> Check:
+    if minimum == 0 and (n_p == 0 or n_c == 0):
+        return Check(name, Verdict.ok, f"{label}: no samples on an arm, none required")
+    if n_p < max(minimum, 1) or n_c < max(minimum, 1):
+        return Check(name, Verdict.unknown,
+                     f"{label}: too few samples (production {n_p}, canary {n_c}; need {max(minimum, 1)} each)")
+    rate_p, rate_c = bad_p / n_p, bad_c / n_c
+    increase = rate_c - rate_p
+    p_value = float(fisher_exact([[bad_c, n_c - bad_c], [bad_p, n_p - bad_p]], alternative="greater").pvalue)
+    figures = (f"{label} canary {rate_c:.1%} ({bad_c}/{n_c}) vs production {rate_p:.1%} ({bad_p}/{n_p}), "
+               f"Fisher one-sided p={p_value:.3g}")
+    if increase > allowance:
+        if p_value < policy.alpha:
+            return Check(name, Verdict.worse, f"{figures}: +{increase:.1%} exceeds the allowed +{allowance:.1%}",
+                         rate_p, rate_c, p_value)
+        return Check(name, Verdict.unknown,
+                     f"{figures}: +{increase:.1%} above the allowed +{allowance:.1%} but not significant yet",
+                     rate_p, rate_c, p_value)
+    if policy.require_non_inferiority:
+        upper = _agresti_caffo_upper(bad_c, n_c, bad_p, n_p, policy.alpha)
+        if upper > allowance:
+            return Check(name, Verdict.unknown,
+                         f"{figures}: upper bound of the increase {upper:+.1%} not yet within +{allowance:.1%}",
+                         rate_p, rate_c, p_value)
+    return Check(name, Verdict.ok, f"{figures}: within the allowed +{allowance:.1%}", rate_p, rate_c, p_value)
+
+
+def _agresti_caffo_upper(bad_c: int, n_c: int, bad_p: int, n_p: int, alpha: float) -> float:
+    """One-sided upper confidence bound of rate_c - rate_p (adds one success and one failure per arm, which
+    keeps the interval honest at rates of 0 or 1)."""
+    pc, pp = (bad_c + 1) / (n_c + 2), (bad_p + 1) / (n_p + 2)
+    se = math.sqrt(pc * (1 - pc) / (n_c + 2) + pp * (1 - pp) / (n_p + 2))
+    return (pc - pp) + float(norm.ppf(1 - alpha)) * se
+
+
+def _latency_check(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy) -> Check:
+    need = max(policy.min_requests, 1)
+    if (production.latency_samples < need or canary.latency_samples < need
+            or production.p95_latency_ms is None or canary.p95_latency_ms is None):
+        return Check("latency", Verdict.unknown,
+                     f"p95 latency: too few successful requests (production {production.latency_samples}, "
+                     f"canary {canary.latency_samples}; need {need} each)")
+    ratio = canary.p95_latency_ms / max(production.p95_latency_ms, 1e-6)
+    text = (f"p95 latency canary {canary.p95_latency_ms:.0f} ms vs production {production.p95_latency_ms:.0f} ms "
+            f"(x{ratio:.2f}, allowed x{policy.max_p95_latency_ratio:.2f})")
+    verdict = Verdict.worse if ratio > policy.max_p95_latency_ratio else Verdict.ok
+    return Check("latency", verdict, text, production.p95_latency_ms, canary.p95_latency_ms)

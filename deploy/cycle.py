@@ -1,0 +1,205 @@
+"""The improvement cycle's runner: one cycle at a time across processes, every step recorded.
+
+A cycle is a list of named steps over a shared context. The runner takes the database lease (a second start
+is recorded as skipped), heartbeats it while steps run, records a row per step with its figures, and turns a
+`SkipCycle` into a recorded skip with its reason. A cycle whose process died is found by the next start
+(its lease expired) and cleaned up there: its half-done work is undone by the steps' `cleanup` hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from deploy.cycle_runs import (
+    CycleRunPublic,
+    RunStatus,
+    acquire_lease,
+    finish_step,
+    get_run,
+    heartbeat,
+    record_skipped_start,
+    release_lease,
+    start_run,
+    start_step,
+    unfinished_runs,
+    update_run,
+)
+from feedback.models import utcnow
+
+log = logging.getLogger("tuneloop.cycle")
+
+LEASE_NAME = "improvement-cycle"
+
+
+class SkipCycle(Exception):
+    """Raised by a step when the cycle should stop here without failing (too little new data, unchanged...)."""
+
+
+class LeaseLost(RuntimeError):
+    """Our lease expired and may be held by another process: stop before doing more."""
+
+
+@dataclass
+class CycleContext:
+    """What the steps share: the store, the alias, and whatever earlier steps produced."""
+
+    engine: Engine
+    alias: str
+    run_id: int
+    holder: str
+    values: dict[str, Any] = field(default_factory=dict)
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+
+    def check_lease(self) -> None:
+        if self.lease_lost.is_set():
+            raise LeaseLost("the cycle lease was lost; another process may be running a cycle")
+
+    def remember(self, **values: Any) -> None:
+        """Keep values for later steps, and record them on the run so a later start can clean up after us."""
+        self.values.update(values)
+        run = get_run(self.engine, self.run_id)
+        figures = dict(run.figures if run else {})
+        figures.setdefault("state", {}).update({k: v for k, v in values.items() if _jsonable(v)})
+        update_run(self.engine, self.run_id, figures=figures,
+                   **{k: v for k, v in values.items() if k in ("dataset_id", "version_id")})
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[CycleContext], dict[str, Any] | None]
+
+
+@dataclass
+class LeasePolicy:
+    """How long a cycle's lease lives without a heartbeat, and how often it is renewed."""
+
+    ttl_s: float = 120.0
+    heartbeat_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.ttl_s <= 0:
+            raise ValueError("ttl_s: must be > 0")
+        if not 0 < self.heartbeat_s < self.ttl_s:
+            raise ValueError("heartbeat_s: must be > 0 and shorter than ttl_s")
+
+
+Cleanup = Callable[[Engine, CycleRunPublic], None]
+
+
+def make_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_cycle(
+    engine: Engine,
+    alias: str,
+    steps: list[Step],
+    *,
+    trigger: str = "manual",
+    lease: LeasePolicy | None = None,
+    holder: str | None = None,
+    cleanup: Cleanup | None = None,
+) -> CycleRunPublic:
+    """Run the steps once under the lease; returns the recorded run (skipped when the lease is taken)."""
+    lease = lease or LeasePolicy()
+    holder = holder or make_holder()
+    if not acquire_lease(engine, LEASE_NAME, holder, lease.ttl_s):
+        run = record_skipped_start(engine, alias, trigger, holder, "another cycle holds the lease")
+        log.info("cycle for %s skipped: lease held elsewhere", alias)
+        return get_run(engine, run.id) or CycleRunPublic.model_validate(run, from_attributes=True)
+    try:
+        abandon_dead_runs(engine, alias, cleanup)
+        run = start_run(engine, alias, trigger, holder)
+        assert run.id is not None
+        context = CycleContext(engine, alias, run.id, holder)
+        stop_heartbeat = _start_heartbeat(engine, holder, lease, context.lease_lost)
+        try:
+            _run_steps(context, steps, cleanup)
+        finally:
+            stop_heartbeat.set()
+    finally:
+        release_lease(engine, LEASE_NAME, holder)
+    return get_run(engine, context.run_id)  # type: ignore[return-value]
+
+
+def _run_steps(context: CycleContext, steps: list[Step], cleanup: Cleanup | None) -> None:
+    engine = context.engine
+    for step in steps:
+        context.check_lease()
+        step_id = start_step(engine, context.run_id, step.name)
+        try:
+            figures = step.run(context) or {}
+        except SkipCycle as skip:
+            finish_step(engine, step_id, RunStatus.skipped, error=str(skip))
+            update_run(engine, context.run_id, status=RunStatus.skipped, reason=f"{step.name}: {skip}",
+                       finished_at=utcnow())
+            return
+        except Exception as exc:  # a failed step fails the cycle, recorded with its traceback
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            finish_step(engine, step_id, RunStatus.failed, error=traceback.format_exc()[-4000:])
+            update_run(engine, context.run_id, status=RunStatus.failed, error=f"{step.name}: {detail}",
+                       finished_at=utcnow())
+            run = get_run(engine, context.run_id)
+            if cleanup is not None and run is not None:
+                _safe_cleanup(cleanup, engine, run)
+            return
+        finish_step(engine, step_id, RunStatus.succeeded, figures=_jsonable_dict(figures))
+    run = get_run(engine, context.run_id)
+    update_run(engine, context.run_id, status=RunStatus.succeeded, finished_at=utcnow(),
+               reason=(run.reason if run else None))
+
+
+def abandon_dead_runs(engine: Engine, alias: str, cleanup: Cleanup | None) -> list[int]:
+    """Runs still marked running while we hold the lease belong to a process that died: clean them up."""
+    abandoned = []
+    for run in unfinished_runs(engine, alias):
+        assert run.id is not None
+        update_run(engine, run.id, status=RunStatus.abandoned, finished_at=utcnow(),
+                   reason="its process died mid-cycle; cleaned up by a later start")
+        public = get_run(engine, run.id)
+        if cleanup is not None and public is not None:
+            _safe_cleanup(cleanup, engine, public)
+        abandoned.append(run.id)
+    return abandoned
+
+
+def _safe_cleanup(cleanup: Cleanup, engine: Engine, run: CycleRunPublic) -> None:
+    try:
+        cleanup(engine, run)
+    except Exception:  # cleanup is best effort; the run row already says what failed
+        log.exception("cleanup after cycle run %s failed", run.id)
+
+
+def _start_heartbeat(engine: Engine, holder: str, lease: LeasePolicy, lost: threading.Event) -> threading.Event:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease.heartbeat_s):
+            try:
+                if not heartbeat(engine, LEASE_NAME, holder, lease.ttl_s):
+                    lost.set()
+                    return
+            except Exception:  # a store hiccup: try again next beat; the TTL covers a few misses
+                log.exception("lease heartbeat failed")
+
+    threading.Thread(target=beat, name="cycle-lease-heartbeat", daemon=True).start()
+    return stop
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool | type(None) | list | dict)
+
+
+def _jsonable_dict(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if _jsonable(v) else str(v)) for k, v in values.items()}

@@ -1,0 +1,129 @@
+"""Canary analysis on synthetic figures: promote, rollback, wait (too few samples, not yet significant), and
+policy validation that names the bad field."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.analysis import Action, ArmFigures, CanaryPolicy, Verdict, analyse
+
+POLICY = CanaryPolicy(min_requests=200, min_ratings=30, max_error_rate_increase=0.01,
+                      max_thumbs_down_rate_increase=0.05, alpha=0.05, max_p95_latency_ratio=1.5)
+
+
+def arm(version: str, requests: int = 1000, errors: int = 5, up: int = 80, down: int = 20, p95: float = 400.0,
+        samples: int | None = None) -> ArmFigures:
+    return ArmFigures(version, requests, errors, up, down, p95, requests - errors if samples is None else samples)
+
+
+def check(analysis, name: str):  # type: ignore[no-untyped-def]
+    return next(c for c in analysis.checks if c.name == name)
+
+
+def test_a_canary_as_good_as_production_is_promoted() -> None:
+    result = analyse(arm("v1"), arm("v2", errors=6, up=82, down=18, p95=420), POLICY)
+    assert result.action == Action.promote
+    assert all(c.verdict == Verdict.ok for c in result.checks)
+    assert len(result.reasons) == 3
+
+
+def test_mostly_thumbs_down_is_rolled_back_with_the_reason() -> None:
+    result = analyse(arm("v1", up=80, down=20), arm("v2", up=30, down=70), POLICY)
+    assert result.action == Action.rollback
+    thumbs = check(result, "thumbs_down")
+    assert thumbs.verdict == Verdict.worse and thumbs.p_value is not None and thumbs.p_value < 1e-6
+    assert any("thumbs-down rate canary 70.0%" in r for r in result.reasons)
+
+
+def test_more_errors_is_rolled_back_even_when_ratings_are_missing() -> None:
+    result = analyse(arm("v1", errors=5, up=0, down=0), arm("v2", errors=80, up=0, down=0), POLICY)
+    assert result.action == Action.rollback
+    assert check(result, "errors").verdict == Verdict.worse
+    assert check(result, "thumbs_down").verdict == Verdict.unknown  # too few ratings, but errors decide
+
+
+def test_slower_canary_is_rolled_back() -> None:
+    result = analyse(arm("v1", p95=400), arm("v2", p95=900), POLICY)
+    assert result.action == Action.rollback
+    assert "x2.25" in check(result, "latency").reason
+
+
+@pytest.mark.parametrize("canary, production, what", [
+    (arm("v2", requests=50, errors=0), arm("v1"), "error rate: too few samples"),
+    (arm("v2", up=10, down=2), arm("v1"), "thumbs-down rate: too few samples"),
+    (arm("v2"), arm("v1", requests=100, errors=0), "too few"),
+    (ArmFigures("v2"), ArmFigures("v1"), "too few"),
+])
+def test_too_few_samples_waits(canary: ArmFigures, production: ArmFigures, what: str) -> None:
+    result = analyse(production, canary, POLICY)
+    assert result.action == Action.wait
+    assert any(what in r for r in result.reasons)
+
+
+def test_a_worse_looking_but_not_significant_canary_waits() -> None:
+    # 30 ratings each: 20% vs 33% thumbs down is above the +5% allowance but far from significant
+    result = analyse(arm("v1", up=24, down=6), arm("v2", up=20, down=10), POLICY)
+    thumbs = check(result, "thumbs_down")
+    assert thumbs.verdict == Verdict.unknown and "not significant yet" in thumbs.reason
+    assert result.action == Action.wait
+
+
+def test_a_significant_increase_within_the_allowance_is_tolerated() -> None:
+    # 0.2% -> 0.9% errors on 20k requests: significant, but within the 1-point allowance
+    result = analyse(arm("v1", requests=20_000, errors=40), arm("v2", requests=20_000, errors=180), POLICY)
+    errors = check(result, "errors")
+    assert errors.p_value is not None and errors.p_value < 0.05
+    assert errors.verdict == Verdict.ok
+
+
+def test_non_inferiority_needs_enough_evidence() -> None:
+    strict = CanaryPolicy(min_requests=200, min_ratings=30, require_non_inferiority=True)
+    few = analyse(arm("v1", up=24, down=6), arm("v2", up=24, down=6), strict)
+    assert check(few, "thumbs_down").verdict == Verdict.unknown and few.action == Action.wait
+    many = analyse(arm("v1", up=2400, down=600), arm("v2", up=2410, down=590), strict)
+    assert check(many, "thumbs_down").verdict == Verdict.ok
+
+
+def test_ratings_not_required() -> None:
+    policy = CanaryPolicy(min_requests=200, min_ratings=0)
+    result = analyse(arm("v1", up=0, down=0), arm("v2", up=0, down=0), policy)
+    assert result.action == Action.promote
+
+
+def test_production_errors_do_not_count_against_the_canary() -> None:
+    result = analyse(arm("v1", errors=100), arm("v2", errors=0), POLICY)
+    assert check(result, "errors").verdict == Verdict.ok
+
+
+def test_analysis_is_serialisable() -> None:
+    data = analyse(arm("v1"), arm("v2"), POLICY).to_dict()
+    assert data["action"] == "promote" and {c["name"] for c in data["checks"]} == {"errors", "thumbs_down",
+                                                                                   "latency"}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"min_requests": -1}, "min_requests"),
+    ({"min_ratings": 2.5}, "min_ratings"),
+    ({"max_error_rate_increase": 1.5}, "max_error_rate_increase"),
+    ({"max_thumbs_down_rate_increase": -0.1}, "max_thumbs_down_rate_increase"),
+    ({"alpha": 0}, "alpha"),
+    ({"max_p95_latency_ratio": 0.5}, "max_p95_latency_ratio"),
+    ({"stages": (50, 10)}, "stages"),
+    ({"stages": (10, 100)}, "stages"),
+])
+def test_policy_names_the_bad_field(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CanaryPolicy(**fields)
+
+
+def test_policy_from_dict() -> None:
+    assert CanaryPolicy.from_dict({"min_requests": 10, "stages": [20, 50]}).stages == (20, 50)
+    with pytest.raises(ValueError, match=r"unknown field.*min_request"):
+        CanaryPolicy.from_dict({"min_request": 10})
+
+
+def test_figures_are_validated() -> None:
+    with pytest.raises(ValueError, match="errors"):
+        ArmFigures("v1", requests=1, errors=2)
+    with pytest.raises(ValueError, match="thumbs_up"):
+        ArmFigures("v1", thumbs_up=-1)
