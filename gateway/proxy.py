@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 import orjson
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine
@@ -26,6 +25,7 @@ from feedback.interaction_log import (
     InteractionLog,
     StoreUnavailable,
     find_by_idempotency_key,
+    interaction_values,
 )
 from feedback.models import Interaction, InteractionStatus, utcnow
 from gateway.auth import KeyCache, Principal
@@ -41,6 +41,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.protocol import ErrorDetail, SamplingFields
 from gateway.routing import ReplicaPicker, Route, Router
 from gateway.sse import DONE, StreamAccumulator, answer_text, replay_events
+from gateway.upstream import ConnectError, UpstreamClient, UpstreamError, UpstreamResponse
 from tuneloop.settings import Settings
 
 log = logging.getLogger("tuneloop.gateway")
@@ -54,7 +55,7 @@ class Gateway:
 
     settings: Settings
     engine: Engine
-    client: httpx.AsyncClient
+    client: UpstreamClient
     router: Router
     interaction_log: InteractionLog
     keys: KeyCache
@@ -122,29 +123,26 @@ async def handle_completion(
 
 async def open_upstream(
     gw: Gateway, route: Route, path: str, body: dict[str, Any], request_id: str
-) -> httpx.Response:
+) -> UpstreamResponse:
     """Send to a replica and wait for its response headers; a refused connection moves to the next one."""
     timeouts = gw.settings.timeouts
     content = orjson.dumps(body)
     replicas = gw.picker.order(route.base_urls)
     attempts = replicas if len(replicas) > 1 else replicas * 2  # one retry, on another replica when there is one
     last_error: Exception | None = None
+    headers = {"content-type": "application/json", "x-request-id": request_id}
     for base_url in attempts[:2]:
-        upstream_request = gw.client.build_request(
-            "POST", base_url + path, content=content,
-            headers={"content-type": "application/json", "x-request-id": request_id},
-        )
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
-                return await gw.client.send(upstream_request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                return await gw.client.post(base_url + path, content, headers)
+        except ConnectError as exc:
             gw.metrics.upstream_errors.labels("connect").inc()
             last_error = exc
             continue
         except TimeoutError:
             gw.metrics.upstream_errors.labels("timeout").inc()
             raise gateway_timeout(f"The upstream for '{route.alias}' sent no response in time.") from None
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             gw.metrics.upstream_errors.labels("protocol").inc()
             raise bad_gateway(f"The upstream for '{route.alias}' failed: {type(exc).__name__}.") from None
     raise bad_gateway(
@@ -154,7 +152,7 @@ async def open_upstream(
 
 
 async def _finish_buffered(
-    gw: Gateway, call: Call, route: Route, upstream: httpx.Response, headers: dict[str, str]
+    gw: Gateway, call: Call, route: Route, upstream: UpstreamResponse, headers: dict[str, str]
 ) -> Response:
     try:
         async with asyncio.timeout(gw.settings.timeouts.total):
@@ -164,7 +162,7 @@ async def _finish_buffered(
         error = gateway_timeout(f"The upstream for '{route.alias}' did not finish in time.")
         await _log_failure(gw, call, route, error)
         raise error from None
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         gw.metrics.upstream_errors.labels("read").inc()
         error = bad_gateway(f"The upstream for '{route.alias}' broke off its answer: {type(exc).__name__}.")
         await _log_failure(gw, call, route, error)
@@ -215,7 +213,7 @@ def _upstream_status_error(status: int, raw: bytes, route: Route) -> GatewayErro
 
 
 async def _relay_stream(
-    gw: Gateway, call: Call, route: Route, upstream: httpx.Response, strip_usage: bool
+    gw: Gateway, call: Call, route: Route, upstream: UpstreamResponse, strip_usage: bool
 ) -> AsyncIterator[bytes]:
     timeouts = gw.settings.timeouts
     deadline = call.started + timeouts.total
@@ -244,7 +242,7 @@ async def _relay_stream(
         status, error = InteractionStatus.upstream_error, "upstream stream stalled past the chunk-gap timeout"
         yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_timeout"))
         yield DONE
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         gw.metrics.upstream_errors.labels("read").inc()
         status, error = InteractionStatus.upstream_error, f"upstream broke off the stream: {type(exc).__name__}"
         yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_error"))
@@ -290,9 +288,9 @@ def replay(previous: Interaction, stream: bool) -> Response:
 def _row(
     call: Call, route: Route, status: InteractionStatus, http_status: int, *, response_body=None, text=None,
     finish=None, usage=None, response_id=None, error=None, ttft=None,
-) -> Interaction:
+) -> dict[str, Any]:
     usage = usage or {}
-    return Interaction(
+    return interaction_values(
         id=call.request_id,
         response_id=response_id,
         api_key_id=call.principal.key_id,
