@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import field_validator
-from sqlalchemy import JSON, Column, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -53,7 +53,12 @@ class InteractionBase(SQLModel):
 
 class Interaction(InteractionBase, table=True):
     __tablename__ = "interactions"
-    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key", name="uq_interactions_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("api_key_id", "idempotency_key", name="uq_interactions_idempotency"),
+        # Curation reads one alias in (created_at, id) pages; without it SQLite sorts the alias per page
+        # (migration 0002).
+        Index("ix_interactions_alias_created_at_id", "model_alias", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, description="The gateway's request id (x-request-id).")
 

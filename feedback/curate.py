@@ -1,0 +1,357 @@
+"""Curation: logged interactions, feedback and seed files in; one immutable, versioned dataset out.
+
+Stages, each counted by reason in the manifest:
+  select  (feedback/selection.py)   rated chat interactions and validated seed lines become examples
+  system  (feedback/filters.py)     the system prompt preserved, normalised or dropped
+  scrub   (feedback/scrub.py)       secrets and personal data replaced, before anything is written
+  filter  (feedback/filters.py)     refusals, too short / too long in the base model's tokens
+  dedup   (feedback/lsh.py)         exact then near-duplicates, also against earlier versions
+  split   (feedback/split.py)       train/eval by the hash of the prompt
+Everything streams in batches; what stays in memory grows only with the examples kept (their dedup
+keys, ~1 KB each). The output goes to a temporary directory that is renamed into place, so a
+version directory is either complete or absent; its id is derived from its content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Engine
+
+from feedback.datasets import (
+    EVAL_FILE,
+    MANIFEST_FILE,
+    TRAIN_FILE,
+    Dataset,
+    dataset_id_for,
+    latest_dataset,
+    list_datasets,
+    record_dataset,
+)
+from feedback.examples import BadLine, Example, example_line, iter_seed_file, validate_messages
+from feedback.filters import RefusalFilter, TokenCounter, apply_system_prompt, length_reason
+from feedback.lsh import Deduplicator
+from feedback.models import utcnow
+from feedback.policy import CurationPolicy
+from feedback.scrub import Scrubber
+from feedback.selection import count_window, iter_rated_interactions, select_example
+from feedback.split import eval_positions, split_fraction
+from tuneloop.settings import Settings
+
+ALL_HISTORY = datetime(1970, 1, 1, tzinfo=UTC)  # pass as `since` to ignore earlier datasets' windows
+MAX_BAD_LINES_IN_MANIFEST = 1000
+
+# progress(event, n): ("total", interactions expected) once, then ("advance", interactions read).
+ProgressFn = Callable[[str, int], None]
+
+
+@dataclass
+class CurationResult:
+    alias: str
+    dataset_id: str | None  # None on a dry run or when nothing new was found
+    sha256: str | None  # the would-be hash on a dry run too
+    counts: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)  # train, eval, manifest, dir
+    n_train: int = 0
+    n_eval: int = 0
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    bad_lines: list[BadLine] = field(default_factory=list)
+    dry_run: bool = False
+    already_existed: bool = False  # the same content was built before; nothing was rewritten
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.excluded: Counter[str] = Counter()
+        self.selected: Counter[str] = Counter()
+        self.filtered: Counter[str] = Counter()
+        self.deduplicated: Counter[str] = Counter()
+        self.bad_lines: list[BadLine] = []
+        self.n_bad_lines = 0
+
+
+def curate(
+    engine: Engine,
+    settings_or_home: Settings | Path | str,
+    policy: CurationPolicy,
+    alias: str,
+    since: datetime | None = None,
+    dry_run: bool = False,
+    *,
+    until: datetime | None = None,
+    seed_files: Sequence[Path | str] = (),
+    progress: ProgressFn | None = None,
+) -> CurationResult:
+    """Build the next dataset version of `alias`.
+
+    `since` defaults to the end of the latest version's window (all history if there is none); `until`
+    to now. Building twice from the same store, seeds and window gives the same id.
+    """
+    home, tokenizer_path = _resolve_home(settings_or_home, policy)
+    until = _utc(until) if until is not None else utcnow()
+    if since is None:
+        previous = latest_dataset(engine, alias)
+        since = previous.window_end if previous is not None else None
+    since = _utc(since) if since is not None else None
+    counter = TokenCounter(tokenizer_path) if policy.needs_tokenizer else None
+    notify = progress or (lambda _event, _n: None)
+
+    datasets_dir = home / "datasets"
+    if dry_run:  # a dry run leaves nothing behind in HOME
+        work = Path(tempfile.mkdtemp(prefix="tuneloop-curate-"))
+    else:  # next to its final place, so publishing is one rename on one filesystem
+        datasets_dir.mkdir(parents=True, exist_ok=True)
+        work = datasets_dir / f".tmp-{uuid.uuid4().hex}"
+        work.mkdir()
+    try:
+        stats = _Stats()
+        scrubber = Scrubber(policy.scrub_kinds, policy.scrub_extra)
+        dedup = Deduplicator(
+            num_perm=policy.num_perm, shingle_size=policy.shingle_size, threshold=policy.near_dup_threshold,
+            seed=policy.minhash_seed, include_system=policy.dedup_include_system,
+        )
+        earlier = _load_earlier_versions(engine, alias, dedup, policy) if policy.dedup_against_earlier_versions else 0
+        in_window, rated = count_window(engine, alias, since, until)
+        stats.excluded["no_feedback"] = in_window - rated
+        notify("total", rated)
+
+        fractions = array("d")
+        seeds_info: list[dict[str, Any]] = []
+        with (work / "kept.jsonl").open("w", encoding="utf-8") as kept, (work / "sources.txt").open("w") as sources:
+            stage = _Stage(policy, scrubber, counter, dedup, stats, kept, sources, fractions)
+            for path in seed_files:
+                stage.run_all(_seed_examples(Path(path), stats, seeds_info), policy.batch_size)
+            for page in iter_rated_interactions(engine, alias, since, until, policy.batch_size):
+                candidates = []
+                for row, votes in page:
+                    outcome = select_example(row, votes)
+                    if isinstance(outcome, str):
+                        stats.excluded[outcome] += 1
+                    else:
+                        stats.selected[outcome.kind] += 1
+                        candidates.append(outcome)
+                stage.run(candidates)
+                notify("advance", len(page))
+
+        eval_mask = eval_positions(fractions, policy.eval_fraction, policy.min_eval_examples)
+        n_eval_by_hash = sum(1 for f in fractions if f < policy.eval_fraction)
+        train_sha, eval_sha = _write_splits(work, eval_mask)
+        n_kept, n_eval = len(fractions), int(eval_mask.sum())
+        counts: dict[str, Any] = {
+            "interactions": {"in_window": in_window, "rated": rated},
+            "excluded": dict(sorted(stats.excluded.items())),
+            "selected": dict(sorted(stats.selected.items())),
+            "seed_bad_lines": stats.n_bad_lines,
+            "scrubbed": dict(sorted((k, v) for k, v in scrubber.counts.items() if v)),
+            "filtered": dict(sorted(stats.filtered.items())),
+            "deduplicated": dict(sorted(stats.deduplicated.items())),
+            "earlier_version_examples": earlier,
+            "split": {"train": n_kept - n_eval, "eval": n_eval, "eval_promoted": n_eval - n_eval_by_hash},
+        }
+        result = CurationResult(
+            alias=alias, dataset_id=None, sha256=None, counts=counts, n_train=n_kept - n_eval, n_eval=n_eval,
+            window_start=since, window_end=until, bad_lines=stats.bad_lines, dry_run=dry_run,
+        )
+        if n_kept == 0:
+            return result
+        sha256 = hashlib.sha256(f"{alias}\n{train_sha}\n{eval_sha}\n".encode()).hexdigest()
+        result.sha256 = sha256
+        if dry_run:
+            return result
+        dataset_id = dataset_id_for(sha256)
+        manifest = {
+            "id": dataset_id, "sha256": sha256, "alias": alias, "created_at": utcnow().isoformat(),
+            "window": {"since": since.isoformat() if since else None, "until": until.isoformat()},
+            "n_train": result.n_train, "n_eval": n_eval,
+            "files": {TRAIN_FILE: train_sha, EVAL_FILE: eval_sha},
+            "counts": counts, "policy": policy.to_dict(),
+            "dedup": {"lsh_bands": dedup.index.bands, "lsh_rows": dedup.index.rows, "scheme": "datasketch affine32"},
+            "seed_files": seeds_info,
+            "bad_lines": [vars(b) for b in stats.bad_lines],
+        }
+        _write_manifest(work / MANIFEST_FILE, manifest, work / "sources.txt")
+        for scratch in ("kept.jsonl", "sources.txt"):
+            (work / scratch).unlink()
+        final = datasets_dir / dataset_id
+        result.already_existed = not _publish(work, final)
+        row = record_dataset(engine, Dataset(
+            id=dataset_id, alias=alias, sha256=sha256, path=str(final.resolve()), n_train=result.n_train,
+            n_eval=n_eval, counts=counts, policy=policy.to_dict(), window_start=since, window_end=until,
+        ))
+        result.dataset_id = row.id
+        result.paths = {"dir": final, "train": final / TRAIN_FILE, "eval": final / EVAL_FILE,
+                        "manifest": final / MANIFEST_FILE}
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _Stage:
+    """The per-batch stages after selection; kept examples are appended to `kept` in stream order."""
+
+    def __init__(
+        self, policy: CurationPolicy, scrubber: Scrubber, counter: TokenCounter | None, dedup: Deduplicator,
+        stats: _Stats, kept: TextIO, sources: TextIO, fractions: array,
+    ) -> None:
+        self.policy, self.scrubber, self.counter, self.dedup = policy, scrubber, counter, dedup
+        self.refusals = RefusalFilter(policy.refusal_patterns)
+        self.stats, self.kept, self.sources, self.fractions = stats, kept, sources, fractions
+
+    def run_all(self, examples: Iterable[Example], batch_size: int) -> None:
+        batch: list[Example] = []
+        for example in examples:
+            batch.append(example)
+            if len(batch) >= batch_size:
+                self.run(batch)
+                batch = []
+        self.run(batch)
+
+    def run(self, batch: list[Example]) -> None:
+        policy, filtered = self.policy, self.stats.filtered
+        survivors: list[Example] = []
+        for example in batch:
+            messages = apply_system_prompt(example.messages, policy.system_prompt_mode, policy.system_prompt)
+            example.messages = self.scrubber.scrub_messages(messages)
+            if self.refusals.is_refusal(example.messages):
+                filtered["refusal"] += 1
+            else:
+                survivors.append(example)
+        if self.counter is not None and survivors:
+            lengths = self.counter.count([e.messages for e in survivors])
+            within = []
+            for example, n_tokens in zip(survivors, lengths, strict=True):
+                reason = length_reason(n_tokens, policy.min_tokens, policy.max_tokens)
+                if reason:
+                    filtered[reason] += 1
+                else:
+                    within.append(example)
+            survivors = within
+        reasons = self.dedup.filter([e.messages for e in survivors]) if survivors else []
+        for example, reason in zip(survivors, reasons, strict=True):
+            if reason:
+                self.stats.deduplicated[reason] += 1
+                continue
+            self.kept.write(example_line(example) + "\n")
+            self.sources.write((example.interaction_id or "") + "\n")
+            self.fractions.append(split_fraction(example.messages))
+
+
+def _seed_examples(path: Path, stats: _Stats, seeds_info: list[dict[str, Any]]) -> Iterator[Example]:
+    if not path.is_file():
+        raise ValueError(f"seed file {path} does not exist")
+    digest = hashlib.sha256()
+    good = bad = 0
+    for item in iter_seed_file(path, digest):
+        if isinstance(item, BadLine):
+            bad += 1
+            stats.n_bad_lines += 1
+            if len(stats.bad_lines) < MAX_BAD_LINES_IN_MANIFEST:
+                stats.bad_lines.append(item)
+        else:
+            good += 1
+            stats.selected["seed"] += 1
+            yield item
+    seeds_info.append({"file": path.name, "sha256": digest.hexdigest(), "good_lines": good, "bad_lines": bad})
+
+
+def _load_earlier_versions(engine: Engine, alias: str, dedup: Deduplicator, policy: CurationPolicy) -> int:
+    """Index every example of the alias's earlier versions, so a conversation is trained on only once."""
+    loaded = 0
+    for dataset in list_datasets(engine, alias):
+        for path in (dataset.train_path, dataset.eval_path):
+            if not path.exists():
+                raise ValueError(f"dataset {dataset.id}: {path} is missing; the versions of {alias} are damaged")
+            batch = []
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    messages, _ = validate_messages(json.loads(line)["messages"])
+                    if messages is not None:
+                        batch.append(messages)
+                    if len(batch) >= policy.batch_size:
+                        dedup.add_earlier(batch)
+                        loaded, batch = loaded + len(batch), []
+            dedup.add_earlier(batch)
+            loaded += len(batch)
+    return loaded
+
+
+def _write_splits(work: Path, eval_mask: Any) -> tuple[str, str]:
+    """Route the kept lines (stream order) to train.jsonl / eval.jsonl; the sha256 of each file."""
+    hashes = {TRAIN_FILE: hashlib.sha256(), EVAL_FILE: hashlib.sha256()}
+    with (
+        (work / "kept.jsonl").open("rb") as kept,
+        (work / TRAIN_FILE).open("wb") as train,
+        (work / EVAL_FILE).open("wb") as evaluation,
+    ):
+        for line, to_eval in zip(kept, eval_mask, strict=True):
+            name, out = (EVAL_FILE, evaluation) if to_eval else (TRAIN_FILE, train)
+            out.write(line)
+            hashes[name].update(line)
+        for handle in (train, evaluation):
+            handle.flush()
+            os.fsync(handle.fileno())
+    return hashes[TRAIN_FILE].hexdigest(), hashes[EVAL_FILE].hexdigest()
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any], sources: Path) -> None:
+    """manifest.json with the source interaction ids streamed in (there can be millions)."""
+    head = json.dumps(manifest, indent=2, ensure_ascii=False)
+    with path.open("w", encoding="utf-8") as out, sources.open(encoding="utf-8") as ids:
+        out.write(head[: head.rindex("}")].rstrip() + ',\n  "source_interaction_ids": [')
+        first = True
+        for line in ids:
+            interaction_id = line.rstrip("\n")
+            if interaction_id:
+                out.write(("\n    " if first else ",\n    ") + json.dumps(interaction_id))
+                first = False
+        out.write("\n  ]\n}\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _publish(work: Path, final: Path) -> bool:
+    """Rename the finished directory into place; False when that version already exists (kept as is)."""
+    if final.exists():
+        return False
+    try:
+        work.rename(final)
+    except OSError:
+        if final.exists():  # a concurrent run published the same content first
+            return False
+        raise
+    _fsync_dir(final.parent)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resolve_home(settings_or_home: Settings | Path | str, policy: CurationPolicy) -> tuple[Path, str]:
+    if isinstance(settings_or_home, Settings):
+        home, base = settings_or_home.home, settings_or_home.resolved_base_model
+    else:
+        home = Path(settings_or_home)
+        base = str((home / "models" / "demo-base").resolve())
+    return home.resolve(), policy.tokenizer or base
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
