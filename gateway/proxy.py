@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +115,11 @@ async def handle_completion(
     headers = {"x-request-id": request_id, "x-tuneloop-version": route.version}
     if upstream.status_code >= 400 or not request.stream:
         return await _finish_buffered(gw, call, route, upstream, headers)
-    response = LoggedStreamingResponse(
-        _relay_stream(gw, call, route, upstream, strip_usage), media_type="text/event-stream", headers=headers
+    return LoggedStreamingResponse(
+        _relay_stream(gw, call, route, upstream, strip_usage),
+        on_never_started=lambda: _abandon_stream(gw, call, route, upstream),
+        media_type="text/event-stream", headers=headers,
     )
-    return response
 
 
 async def open_upstream(
@@ -262,14 +263,39 @@ async def _relay_stream(
 
 
 class LoggedStreamingResponse(StreamingResponse):
-    """Closes the body iterator as soon as the response ends, so the log row is written now, not at GC."""
+    """Closes the relay as soon as the response ends, so its log row is written now, not at GC; a client that
+    left before the first chunk was even asked for still gets its upstream cancelled and its row written."""
+
+    def __init__(self, relay: AsyncIterator[bytes], on_never_started: Callable[[], Awaitable[None]],
+                 **kwargs: Any) -> None:
+        self._relay = relay
+        self._started = False
+        self._on_never_started = on_never_started
+        super().__init__(self._forward(), **kwargs)
+
+    async def _forward(self) -> AsyncIterator[bytes]:
+        self._started = True
+        async for chunk in self._relay:
+            yield chunk
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                if self._started:
+                    await self._relay.aclose()  # type: ignore[attr-defined]
+                else:  # an unstarted generator's finally never runs: do its work here
+                    await self._on_never_started()
+
+
+async def _abandon_stream(gw: Gateway, call: Call, route: Route, upstream: UpstreamResponse) -> None:
+    await upstream.aclose()
+    row = _row(call, route, InteractionStatus.client_disconnected, 200, text="")
+    try:
+        await gw.interaction_log.write(row)
+    except (StoreUnavailable, DuplicateIdempotencyKey) as exc:
+        log.error("abandoned stream %s not logged: %s", call.request_id, exc)
 
 
 def replay(previous: Interaction, stream: bool) -> Response:

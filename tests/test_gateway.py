@@ -247,3 +247,28 @@ def test_sdk_retry_after_timeout_with_same_key_yields_one_row(gateway, upstream)
     rows = gateway.rows()
     assert len(rows) == 1 and rows[0].idempotency_key == "retry-1"
     assert sum(1 for r in state.requests if r.get("model") == "firstslow") >= 2
+
+
+async def test_stream_abandoned_before_its_first_chunk_runs_the_cleanup():
+    """An unstarted generator's `finally` never runs; the response must do that cleanup itself."""
+    from gateway.proxy import LoggedStreamingResponse
+
+    relay_started, abandoned = [], []
+
+    async def relay():
+        relay_started.append(True)
+        yield b"data: never\n\n"
+
+    async def on_never_started() -> None:
+        abandoned.append(True)
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(3600)  # the client is gone before even the headers are delivered
+
+    response = LoggedStreamingResponse(relay(), on_never_started=on_never_started, media_type="text/event-stream")
+    await response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+    assert relay_started == [] and abandoned == [True]
