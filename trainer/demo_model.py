@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
 )
 
-_WORDS = (
+_WORD_TEXT = (
     "the a an of to in is are was be it that this for on with as by at from or and not no yes what which who "
     "how when where why can do does should would could will please answer question give me tell list name "
     "capital country city color number sum total price order customer product status ok error true false "
@@ -35,17 +35,24 @@ _WORDS = (
     "red green blue black white first second third last next one two three four five six seven eight nine "
     "ten hundred thousand plus minus times equals model version data train eval test user assistant system "
     "server request response time date day week month year table index query database postgres python code"
-).split()
+)
+_WORDS = _WORD_TEXT.split()
 
 
 def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
+    from trainer.demo_task import task_vocabulary
+
+    task_lines = task_vocabulary()
     out = []
     for _ in range(lines):
         words = rng.choices(_WORDS, k=rng.randint(4, 18))
         numbers = [str(rng.randint(0, 9999)) for _ in range(rng.randint(0, 3))]
         sentence = " ".join(words + numbers)
         style = rng.random()
-        if style < 0.25:
+        if style < 0.1:
+            # The demo task's phrasing (see trainer/demo_task.py), so its words become whole tokens.
+            sentence = rng.choice(task_lines).replace("1234", str(rng.randint(100, 99999)))
+        elif style < 0.25:
             sentence = json.dumps({rng.choice(_WORDS): rng.choice(_WORDS), "n": rng.randint(0, 999)})
         elif style < 0.5:
             sentence = sentence.capitalize() + rng.choice([".", "?", "!", ":"])
@@ -58,7 +65,11 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits one token each (as in many production tokenizers): a number's token count is then its digit count,
+    # so a copied number has a regular shape the tiny model can learn (BPE-merged digits vary from 1 to 3 tokens).
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(

@@ -1,0 +1,261 @@
+"""`train(config, dataset_dir) -> TrainResult`: a dataset version in, a LoRA/QLoRA adapter run out.
+
+TRL's SFTTrainer + PEFT do the training; this module decides the device-specific settings, guards the
+bitsandbytes CPU bug, checkpoints for crash resume, measures the run and publishes it atomically as
+`<runs>/<run_id>/{adapter/, run.json}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainConfig
+from trainer.data import DatasetVersion, load_dataset_version
+from trainer.defaults import Resolved, detect_environment, resolve, shape_from_config
+from trainer.rundir import PartialRun, open_partial, publish, run_key, utc_now
+
+ADAPTER_DIRNAME = "adapter"
+
+
+@dataclass
+class TrainResult:
+    """A finished, published run."""
+
+    run_id: str
+    run_dir: Path
+    adapter_dir: Path
+    metadata: dict[str, Any]
+
+    @property
+    def final_train_loss(self) -> float | None:
+        return self.metadata.get("final_train_loss")
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        return self.metadata.get("final_eval_loss")
+
+
+def resolve_base_model(config: TrainConfig) -> str:
+    """Absolute path for a local base model (adapter configs must not hold relative paths), else the HF id."""
+    base = config.base_model
+    if not base:
+        from tuneloop.settings import load_settings
+
+        base = load_settings().resolved_base_model
+    local = Path(base).expanduser()
+    return str(local.resolve()) if local.exists() else base
+
+
+def read_model_config(base_model: str) -> dict[str, Any]:
+    local = Path(base_model) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(base_model).to_dict()
+
+
+def runs_root(config: TrainConfig) -> Path:
+    if config.output_dir:
+        return Path(config.output_dir).expanduser().resolve()
+    from tuneloop.settings import load_settings
+
+    return (load_settings().home / "runs").resolve()
+
+
+def plan(config: TrainConfig, dataset_dir: str | Path) -> tuple[str, DatasetVersion, Resolved, dict[str, Any]]:
+    """Everything decided before a model loads; raises ConfigError/DatasetError on bad input."""
+    dataset = load_dataset_version(dataset_dir)
+    base_model = resolve_base_model(config)
+    model_config = read_model_config(base_model)
+    resolved = resolve(config, detect_environment(), shape_from_config(model_config))
+    return base_model, dataset, resolved, model_config
+
+
+def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, has_eval: bool) -> Any:
+    from trl import SFTConfig
+
+    checkpointing = resolved.gradient_checkpointing != "off"  # "selective" is hooked in by prepare_for_training
+    warmup: float | int = config.warmup if config.warmup < 1 else int(config.warmup)
+    return SFTConfig(
+        output_dir=str(partial.checkpoints),
+        num_train_epochs=resolved.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=resolved.batch_size,
+        per_device_eval_batch_size=resolved.batch_size,
+        gradient_accumulation_steps=resolved.grad_accumulation,
+        learning_rate=resolved.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=warmup,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=resolved.optimizer,
+        bf16=resolved.bf16,
+        use_cpu=resolved.device == "cpu",
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        packing=config.packing,
+        max_length=resolved.max_length,
+        assistant_only_loss=config.assistant_only_loss,
+        use_liger_kernel=resolved.liger_kernels,
+        eval_strategy="epoch" if has_eval and config.eval_each_epoch else "no",
+        save_strategy="steps" if config.save_steps else "epoch",
+        save_steps=config.save_steps or 500,
+        save_total_limit=2,
+        logging_strategy="steps",
+        logging_steps=0.02,  # a fraction: ~50 points on the loss curve whatever the run length
+        logging_first_step=True,
+        report_to=config.report_to or "none",
+        run_name=config.run_name or partial.run_id,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def _lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    modules: Any = "all-linear" if config.target_modules == ["all-linear"] else config.target_modules
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _to_hf_dataset(examples: list[list[dict[str, str]]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{"messages": messages} for messages in examples])
+
+
+def _save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path, base_model: str) -> None:
+    trainer.model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    # vLLM and merge_adapter load the base from here: keep the absolute path we trained on.
+    config_path = adapter_dir / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = base_model
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
+
+
+def _parameter_counts(model: Any) -> dict[str, int]:
+    trainable, total = model.get_nb_trainable_parameters()
+    return {"trainable_parameters": int(trainable), "total_parameters": int(total)}
+
+
+def train(
+    config: TrainConfig,
+    dataset_dir: str | Path,
+    *,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Fine-tune `config.base_model` on the dataset version at `dataset_dir` and publish the run."""
+    wall_start = time.perf_counter()
+    base_model, dataset, resolved, model_config = plan(config, dataset_dir)
+    root = runs_root(config)
+    key = run_key(config.to_dict(), resolved.to_dict(), dataset.identity(), base_model)
+    with open_partial(root, key, resume=config.resume) as partial:
+        metadata = _train_in(partial, config, dataset, resolved, base_model, model_config, progress, callbacks)
+        metadata.update(key=key, wall_seconds=round(time.perf_counter() - wall_start, 3))
+        run_dir = publish(partial, root, metadata)
+    metadata = json.loads((run_dir / "run.json").read_text())
+    return TrainResult(run_dir.name, run_dir, run_dir / ADAPTER_DIRNAME, metadata)
+
+
+def _train_in(
+    partial: PartialRun,
+    config: TrainConfig,
+    dataset: DatasetVersion,
+    resolved: Resolved,
+    base_model: str,
+    model_config: dict[str, Any],
+    progress: bool,
+    extra_callbacks: Sequence[Any],
+) -> dict[str, Any]:
+    import datasets
+    import transformers
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    from trainer.callbacks import BnbCpuGuardCallback, RichProgressCallback, ThroughputCallback
+    from trainer.metadata import code_revision, device_description, library_versions, loss_curve
+    from trainer.modeling import load_base_model, load_tokenizer, prepare_for_training
+
+    datasets.disable_progress_bars()
+    transformers.set_seed(config.seed)
+    tokenizer = load_tokenizer(base_model)
+    model = load_base_model(
+        base_model, device=resolved.device, quantization=resolved.quantization, compute_dtype=resolved.compute_dtype
+    )
+    model = prepare_for_training(
+        model, quantization=resolved.quantization, checkpointing=resolved.gradient_checkpointing
+    )
+    throughput = ThroughputCallback()
+    callbacks: list[Any] = [throughput, *extra_callbacks]
+    guard = None
+    if resolved.quantization == "nf4" and resolved.device == "cpu":
+        guard = BnbCpuGuardCallback()
+        callbacks.append(guard)
+    if progress:
+        callbacks.append(RichProgressCallback())
+    has_eval = bool(dataset.eval)
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(config, resolved, partial, has_eval),
+        train_dataset=_to_hf_dataset(dataset.train),
+        eval_dataset=_to_hf_dataset(dataset.eval) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=_lora_config(config),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # the rich bar (or silence) instead of printed log dicts
+    resumed_from = partial.last_checkpoint() if config.resume else None
+    output = trainer.train(resume_from_checkpoint=resumed_from)
+    final_eval_loss = None
+    if has_eval:
+        evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+        final_eval_loss = evals[-1] if evals else trainer.evaluate()["eval_loss"]
+    _save_adapter(trainer, tokenizer, partial.path / ADAPTER_DIRNAME, base_model)
+    curve = loss_curve(trainer.state.log_history)
+    return {
+        "status": "complete",
+        "adapter_dir": ADAPTER_DIRNAME,
+        "started_at": partial.started_at,
+        "finished_at": utc_now().isoformat(),
+        "attempts": partial.attempt,
+        "resumed_from_step": int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else None,
+        "config": config.to_dict(),
+        "resolved": resolved.to_dict(),
+        "base_model": {
+            "path": base_model,
+            "model_type": model_config.get("model_type"),
+            "architectures": model_config.get("architectures"),
+        },
+        "dataset": dataset.identity(),
+        "libraries": library_versions(),
+        "code": code_revision(),
+        "device": device_description(resolved.device),
+        "loss_curve": curve,
+        "final_train_loss": curve["train"][-1]["loss"] if curve["train"] else None,
+        "mean_train_loss": output.training_loss,
+        "final_eval_loss": final_eval_loss,
+        "global_step": trainer.state.global_step,
+        "epochs_completed": trainer.state.epoch,
+        "train_runtime_seconds": output.metrics.get("train_runtime"),
+        "throughput": throughput.summary(),
+        "bnb_cpu_guarded_layers": guard.guarded_layers if guard else None,
+        **_parameter_counts(trainer.model),
+    }
