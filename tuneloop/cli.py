@@ -18,6 +18,23 @@ console = Console()
 
 # Sub-apps of the packages (one line each; keep this block sorted).
 # --- sub-apps ---
+from deploy.cli import canary_app, deploy_app  # noqa: E402
+from deploy.cycle_cli import cycle_app, schedule_app  # noqa: E402
+from feedback.cli import curate_command, datasets_app  # noqa: E402
+from registry.cli import eval_command, models_app  # noqa: E402
+from trainer.cli import merge_command, train_command  # noqa: E402
+
+app.command("curate")(curate_command)
+app.add_typer(canary_app, name="canary")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(cycle_app, name="cycle")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(datasets_app, name="datasets")
+app.command("train")(train_command)
+app.command("merge")(merge_command)
+
+app.add_typer(models_app, name="models")
+app.command("eval")(eval_command)
 
 
 @app.command("serve")
@@ -35,21 +52,56 @@ def serve_command(
 
 @app.command("up")
 def up_command() -> None:
-    """Bring up the whole system on the embedded default: demo model, real vLLM, the gateway."""
+    """Bring up the whole system on the embedded default: demo model on real vLLM, gateway, scheduler."""
     import uvicorn
 
-    from deploy.quickstart import DEFAULT_ALIAS, bring_up, usage_panel
+    from deploy.quickstart import bring_up, usage_panel
+    from deploy.scheduler import start_scheduler
     from gateway.app import create_app
 
     settings = load_settings()
     quick = bring_up(settings, console)
-    settings = settings.model_copy(update={"upstreams": {DEFAULT_ALIAS: [quick.vllm.base_url]}})
+    scheduler = start_scheduler(settings)
     base_url = f"http://{settings.host}:{settings.port}"
     console.print(usage_panel(base_url, quick.app_key))
+    for job in scheduler.get_jobs():
+        console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
     finally:
-        quick.vllm.stop()
+        scheduler.shutdown(wait=False)
+        quick.launcher.stop_all("tuneloop up stopped")
+
+
+@app.command("demo")
+def demo_command(
+    home: Path = typer.Option(Path("var/demo"), help="A fresh data directory for the simulated day."),
+    morning: int = typer.Option(240, min=1, help="Questions before the cycle."),
+    afternoon: int = typer.Option(160, min=1, help="Questions per canary round."),
+) -> None:
+    """Play a day in fast motion: users, ratings, one improvement cycle, canary, before/after figures."""
+    import shutil
+
+    from deploy.demo import DemoConfig, run_demo
+    from deploy.launcher import Launcher
+
+    base = load_settings()
+    model = base.resolved_base_model
+    if home.exists():
+        shutil.rmtree(home)
+    settings = base.model_copy(update={"home": home, "database_url": "", "base_model": model, "upstreams": {}})
+    if not Path(model, "config.json").exists():
+        from trainer.demo_model import build_demo_model
+
+        build_demo_model(model)
+    try:
+        report = run_demo(settings, console, DemoConfig(morning_requests=morning, afternoon_requests=afternoon))
+    finally:
+        Launcher.for_settings(make_engine(settings.resolved_database_url), settings).stop_all("demo finished")
+    console.print(report.table())
+    console.print(report.thumbs_table())
+    console.print(f"cycle {report.cycle.id}: {report.cycle.status}; canary: {report.canary_action}; "
+                  f"wall time {report.wall_s:.0f} s")
 
 
 @app.command("migrate")

@@ -35,6 +35,21 @@ class LogWriterSettings(BaseModel):
     store_wait_s: float = Field(5.0, gt=0, description="How long a response waits for its row to commit.")
 
 
+class CycleSettings(BaseModel):
+    """The scheduled improvement cycle (deploy/): when it runs and what it may do."""
+
+    cron: str = Field("0 3 * * *", description="Default schedule (crontab, server local time): nightly at 03:00.")
+    aliases: list[str] = Field(default_factory=lambda: ["demo"], description="Aliases the scheduler improves.")
+    min_new_examples: int = Field(20, ge=1, description="Fewer new training examples: the cycle is skipped.")
+    canary_weight: int = Field(20, ge=1, le=100, description="First canary share of traffic, percent.")
+    canary_watch_s: float = Field(60.0, gt=0, description="How often the canary analysis runs.")
+    serve_mode: str = Field("auto", pattern="^(auto|merged|adapter)$", description="How candidates are served.")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for cycle runs.")
+    canary: dict[str, Any] = Field(default_factory=dict, description="CanaryPolicy overrides.")
+    gate: dict[str, Any] = Field(default_factory=dict, description="GatePolicy overrides.")
+    lease_ttl_s: float = Field(300.0, gt=0, description="A cycle's lease without heartbeat expires after this.")
+
+
 class Settings(BaseSettings):
     """Everything tuneloop reads from its environment."""
 
@@ -52,6 +67,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     timeouts: Timeouts = Field(default_factory=Timeouts)
     log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
+    cycle: CycleSettings = Field(default_factory=CycleSettings)
     routing_cache_s: float = Field(2.0, ge=0, description="How long a gateway trusts its routing table.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

