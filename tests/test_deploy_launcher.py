@@ -83,8 +83,9 @@ def test_ensure_refuses_what_it_cannot_serve(engine: Engine, tmp_path: Path) -> 
     from deploy.deployments import DeploymentError
 
     _production, candidate = base_and_candidate(engine, tmp_path)
-    launcher = Launcher(engine, tmp_path, ServeConfig(mode="adapter"), python="/bin/false")
-    with pytest.raises(DeploymentError, match="no LoRA adapter"):
+    # no adapter to hot-load: even in adapter mode the version can only run on its own (merged) server
+    launcher = Launcher(engine, tmp_path, ServeConfig(mode="adapter", health_timeout_s=5), python="/bin/false")
+    with pytest.raises(DeploymentError, match="vLLM did not start"):
         launcher.ensure(candidate)
     failing = Launcher(engine, tmp_path, ServeConfig(mode="merged", health_timeout_s=5), python="/bin/false")
     with pytest.raises(DeploymentError, match="vLLM did not start"):

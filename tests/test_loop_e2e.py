@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def _run(settings: Settings, config: DemoConfig):  # type: ignore[no-untyped-def
 
 def test_a_cycle_makes_the_served_model_better(tmp_path, demo_model_dir):
     settings = _settings(tmp_path, demo_model_dir)
-    report = _run(settings, DemoConfig(morning_requests=120, afternoon_requests=80, heldout=30))
+    report = _run(settings, DemoConfig(morning_requests=240, afternoon_requests=80, heldout=30))
     assert report.cycle.status == "succeeded", report.cycle.reason or report.cycle.error
     assert report.before.format_adherence <= 0.1
     assert report.after is not None and report.after.format_adherence >= report.before.format_adherence + 0.6
@@ -43,7 +44,9 @@ def test_a_cycle_makes_the_served_model_better(tmp_path, demo_model_dir):
 
 
 def _poisoned(messages: list[dict]) -> str:
-    return "Sure! I have checked it for you and everything is fine."
+    """Wrong and off-format, and different each time (identical corrections would be deduplicated away)."""
+    ticket = hashlib.sha1(messages[-2]["content"].encode()).hexdigest()[:12]
+    return f"Sure! Ticket {ticket} is fine, nothing to do."
 
 
 def test_poisoned_corrections_are_rejected_by_the_gate(tmp_path, demo_model_dir):
