@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.panel import Panel
 
 from deploy.launcher import Launcher
 from gateway.keys import Scope, create_key
@@ -66,7 +65,8 @@ def bring_up(settings: Settings, console: Console, alias: str = DEFAULT_ALIAS) -
     return Quickstart(settings, launcher, deployment.base_url, quickstart_key(settings))
 
 
-def usage_panel(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> Panel:
+def usage_text(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> str:
+    """Copy-pasteable examples (printed unwrapped: a wrapped curl line breaks when pasted)."""
     curl = (
         f"curl {base_url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
         f"-H 'Content-Type: application/json' \\\n  -d '{{\"model\": \"{alias}\", \"messages\": "
@@ -75,11 +75,11 @@ def usage_panel(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> Panel:
     python = (
         "from openai import OpenAI\n"
         f"client = OpenAI(base_url='{base_url}/v1', api_key='{key}')\n"
-        f"r = client.chat.completions.create(model='{alias}', messages=[{{'role': 'user', 'content': 'hi'}}])\n"
+        f"r = client.chat.completions.create(model='{alias}', messages=[{{'role': 'user', 'content': 'hi'}}], max_tokens=32)\n"
         "print(r.choices[0].message.content, r.id)"
     )
     feedback = (
         f"curl {base_url}/v1/feedback -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
         "  -d '{\"response_id\": \"<r.id>\", \"rating\": \"down\", \"correction\": \"the right answer\"}'"
     )
-    return Panel(f"{curl}\n\n{python}\n\n{feedback}", title="tuneloop is up", expand=False)
+    return f"tuneloop is up. Try:\n\n{curl}\n\n{python}\n\n{feedback}\n"

@@ -55,7 +55,7 @@ def up_command() -> None:
     """Bring up the whole system on the embedded default: demo model on real vLLM, gateway, scheduler."""
     import uvicorn
 
-    from deploy.quickstart import bring_up, usage_panel
+    from deploy.quickstart import bring_up, usage_text
     from deploy.scheduler import start_scheduler
     from gateway.app import create_app
 
@@ -63,7 +63,7 @@ def up_command() -> None:
     quick = bring_up(settings, console)
     scheduler = start_scheduler(settings)
     base_url = f"http://{settings.host}:{settings.port}"
-    console.print(usage_panel(base_url, quick.app_key))
+    console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
     for job in scheduler.get_jobs():
         console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
     try:
