@@ -75,7 +75,8 @@ def usage_text(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> str:
     python = (
         "from openai import OpenAI\n"
         f"client = OpenAI(base_url='{base_url}/v1', api_key='{key}')\n"
-        f"r = client.chat.completions.create(model='{alias}', messages=[{{'role': 'user', 'content': 'hi'}}], max_tokens=32)\n"
+        f"r = client.chat.completions.create(model='{alias}', max_tokens=32,\n"
+        "                                   messages=[{'role': 'user', 'content': 'hi'}])\n"
         "print(r.choices[0].message.content, r.id)"
     )
     feedback = (
