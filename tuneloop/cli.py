@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneloop.db import make_engine, migrate
-from tuneloop.settings import load_settings
+from tuneloop.settings import SettingsError, load_settings
 
 app = typer.Typer(help="Make a served LLM get better from its own traffic.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored as SHA-256 hashes).", no_args_is_help=True)
@@ -162,5 +162,14 @@ def keys_revoke(key_id: str) -> None:
     console.print(f"revoked {key_id}")
 
 
+def main() -> None:
+    """The console entry point: configuration mistakes end in one line naming the variable, not a traceback."""
+    try:
+        app()
+    except SettingsError as exc:
+        console.print(f"[red]error[/]: {exc}", markup=True, highlight=False)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +115,17 @@ class Settings(BaseSettings):
         return self.home.joinpath(*parts)
 
 
+class SettingsError(ValueError):
+    """Invalid settings; the message names each offending variable."""
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings; a bad value raises pydantic's ValidationError naming the field."""
-    return Settings(**overrides)
+    """Read settings; a bad value raises SettingsError naming the variable (TUNELOOP_TIMEOUTS__CONNECT)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = "__".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"TUNELOOP_{location}: {error['msg']}" if location else error["msg"])
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

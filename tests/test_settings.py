@@ -1,0 +1,38 @@
+"""The one settings object: environment over YAML, and mistakes named by their variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tuneloop.settings import SettingsError, load_settings
+
+
+def test_environment_wins_over_yaml(tmp_path, monkeypatch):
+    config = tmp_path / "tuneloop.yaml"
+    config.write_text("port: 9001\nupstreams:\n  demo: ['http://127.0.0.1:8001/']\ntimeouts:\n  connect: 7\n")
+    monkeypatch.setenv("TUNELOOP_CONFIG", str(config))
+    monkeypatch.setenv("TUNELOOP_TIMEOUTS__CONNECT", "2.5")
+    settings = load_settings()
+    assert settings.port == 9001 and settings.timeouts.connect == 2.5
+    assert settings.upstreams == {"demo": ["http://127.0.0.1:8001"]}
+
+
+def test_bad_values_name_the_variable(monkeypatch):
+    monkeypatch.setenv("TUNELOOP_TIMEOUTS__CONNECT", "-1")
+    with pytest.raises(SettingsError, match="TUNELOOP_TIMEOUTS__CONNECT: Input should be greater than 0"):
+        load_settings()
+    monkeypatch.delenv("TUNELOOP_TIMEOUTS__CONNECT")
+    monkeypatch.setenv("TUNELOOP_UPSTREAMS", '{"demo": ["ftp://nope"]}')
+    with pytest.raises(SettingsError, match=r"TUNELOOP_UPSTREAMS.*not an http"):
+        load_settings()
+
+
+def test_cli_reports_bad_settings_without_a_traceback(tmp_path):
+    env = {"TUNELOOP_PORT": "abc", "TUNELOOP_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "tuneloop.cli", "migrate"], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 2
+    assert "TUNELOOP_PORT" in result.stdout and "Traceback" not in result.stdout + result.stderr
