@@ -155,9 +155,7 @@ def _run_steps(context: CycleContext, steps: list[Step], cleanup: Cleanup | None
                 _safe_cleanup(cleanup, engine, run)
             return
         finish_step(engine, step_id, RunStatus.succeeded, figures=_jsonable_dict(figures))
-    run = get_run(engine, context.run_id)
-    update_run(engine, context.run_id, status=RunStatus.succeeded, finished_at=utcnow(),
-               reason=(run.reason if run else None))
+    update_run(engine, context.run_id, status=RunStatus.succeeded, finished_at=utcnow())
 
 
 def abandon_dead_runs(engine: Engine, alias: str, cleanup: Cleanup | None) -> list[int]:

@@ -24,6 +24,7 @@ from feedback.curate import curate
 from feedback.datasets import get_dataset, latest_dataset
 from feedback.policy import CurationPolicy
 from registry import store
+from registry.errors import UnknownVersion
 from registry.evaluate import EvalExample, examples_from_records, load_examples
 from registry.gate import GatePolicy
 from registry.gating import Endpoint, gate_version
@@ -69,7 +70,6 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
     def curate_step(ctx: CycleContext) -> dict[str, Any]:
         previous = latest_dataset(engine, policy.alias)
         result = curate(engine, settings, CurationPolicy(**policy.curation), policy.alias)
-        figures = {"counts": result.counts} if hasattr(result, "counts") else {}
         if result.dataset_id is None:
             raise SkipCycle("no new examples since the last dataset")
         dataset = get_dataset(engine, result.dataset_id)
@@ -78,7 +78,7 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
         if dataset.n_train < policy.min_new_examples:
             raise SkipCycle(f"only {dataset.n_train} new training examples (minimum {policy.min_new_examples})")
         ctx.remember(dataset_id=dataset.id, dataset_path=dataset.path)
-        return {**figures, "dataset_id": dataset.id, "n_train": dataset.n_train, "n_eval": dataset.n_eval}
+        return {"counts": result.counts, "dataset_id": dataset.id, "n_train": dataset.n_train, "n_eval": dataset.n_eval}
 
     def train_step(ctx: CycleContext) -> dict[str, Any]:
         from trainer.config import from_mapping
@@ -164,12 +164,12 @@ def cleanup_run(launcher: Launcher) -> Any:
     """Undo what a failed or dead cycle left: its candidate's server, and the candidate if never gated."""
 
     def cleanup(engine: Engine, run: CycleRunPublic) -> None:
-        version_id = run.version_id or (run.figures.get("state") or {}).get("version_id")
-        if not version_id:
+        if not run.version_id:  # died before registering: nothing outside its temp dirs to undo
             return
+        version_id = run.version_id
         try:
             version = store.get_version(engine, version_id)
-        except Exception:
+        except UnknownVersion:
             return
         if version.status == VersionStatus.candidate:
             launcher.stop(version_id, f"cycle run {run.id} did not finish")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +114,7 @@ def measure(base_url: str, served_name: str, heldout: list[dict[str, Any]]) -> M
     )
 
 
-def run_demo(settings: Settings, console: Console, config: DemoConfig | None = None,
-             gateway_url_hook: Callable[[str], None] | None = None) -> DemoReport:
+def run_demo(settings: Settings, console: Console, config: DemoConfig | None = None) -> DemoReport:
     from gateway.app import create_app
 
     config = config or DemoConfig()
@@ -132,8 +130,6 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
     heldout = make_examples(config.heldout, seed=config.seed + 1000)
     report_traffic: dict[str, TrafficSummary] = {}
     with serve_in_thread(create_app(settings), settings.host) as gateway_url:
-        if gateway_url_hook:
-            gateway_url_hook(gateway_url)
         console.print(f"[bold]2/6[/] measuring {base.id} on {config.heldout} held-out questions ...")
         before = measure(deployment.base_url, base.id, heldout)
         console.print(f"[bold]3/6[/] morning: {config.morning_requests} questions from {config.users} users ...")

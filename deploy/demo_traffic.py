@@ -40,10 +40,6 @@ class VersionTally:
         rated = self.thumbs_up + self.thumbs_down
         return self.thumbs_up / rated if rated else 0.0
 
-    @property
-    def format_rate(self) -> float:
-        return self.format_ok / self.requests if self.requests else 0.0
-
 
 @dataclass
 class TrafficSummary:

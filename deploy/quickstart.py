@@ -10,7 +10,7 @@ from rich.console import Console
 
 from deploy.launcher import Launcher
 from gateway.keys import Scope, create_key
-from registry.store import register_base
+from registry.store import get_aliases, register_base
 from tuneloop.db import make_engine, migrate
 from tuneloop.settings import Settings
 
@@ -56,8 +56,6 @@ def bring_up(settings: Settings, console: Console, alias: str = DEFAULT_ALIAS) -
     engine = make_engine(settings.resolved_database_url)
     base = register_base(engine, alias, ensure_base_model(settings, console))
     launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
-    from registry.store import get_aliases
-
     production_id = get_aliases(engine, alias)[0] or base.id
     console.print(f"serving {production_id} on vLLM (about 30 s on CPU) ...")
     deployment = launcher.ensure(production_id)

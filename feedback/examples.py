@@ -7,10 +7,9 @@ validator, so the two sources cannot drift apart.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,6 @@ class BadLine:
     file: str
     line: int
     reason: str
-
-
-@dataclass
-class SeedRead:
-    """What a seed file gave: the good examples and, per bad line, its number and why it was refused."""
-
-    path: Path
-    sha256: str
-    examples: list[Example] = field(default_factory=list)
-    bad_lines: list[BadLine] = field(default_factory=list)
 
 
 def validate_messages(value: Any) -> tuple[Messages | None, str | None]:
@@ -102,19 +91,6 @@ def iter_seed_file(path: Path, digest: Any = None) -> Iterator[Example | BadLine
                 yield BadLine(path.name, number, reason or "invalid")
             else:
                 yield Example(messages, source=f"seed:{path.name}:{number}", kind="seed")
-
-
-def read_seed_file(path: Path) -> SeedRead:
-    """The whole file at once (for small files and tests); curation streams with iter_seed_file."""
-    digest = hashlib.sha256()
-    result = SeedRead(path=path, sha256="")
-    for item in iter_seed_file(path, digest):
-        if isinstance(item, BadLine):
-            result.bad_lines.append(item)
-        else:
-            result.examples.append(item)
-    result.sha256 = digest.hexdigest()
-    return result
 
 
 def example_line(example: Example) -> str:

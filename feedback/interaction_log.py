@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, or_
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, select
 
@@ -242,9 +242,8 @@ def find_interaction(engine: Engine, response_or_request_id: str) -> Interaction
         row = session.get(Interaction, response_or_request_id)
         if row is not None:
             return row
-        statement = select(Interaction).where(
-            or_(Interaction.response_id == response_or_request_id)
-        ).order_by(Interaction.created_at)
+        statement = (select(Interaction).where(Interaction.response_id == response_or_request_id)
+                     .order_by(Interaction.created_at))
         return session.exec(statement).first()
 
 

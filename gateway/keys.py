@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from datetime import datetime
 from enum import StrEnum
@@ -43,10 +42,6 @@ class ApiKeyPublic(ApiKeyBase):
 
 def hash_key(plain: str) -> str:
     return hashlib.sha256(plain.encode()).hexdigest()
-
-
-def keys_match(plain: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_key(plain), stored_hash)
 
 
 def create_key(engine: Engine, scope: Scope, name: str = "") -> tuple[ApiKeyPublic, str]:

@@ -108,3 +108,33 @@ def test_killed_cycle_is_cleaned_up_by_the_next_start(any_db_url):
 def test_lease_policy_validation():
     with pytest.raises(ValueError, match="heartbeat_s"):
         LeasePolicy(ttl_s=10, heartbeat_s=20)
+
+
+def test_cleanup_rejects_an_ungated_candidate_of_a_dead_cycle(sqlite_url, tmp_path, demo_model_dir):
+    from deploy.cycle_steps import cleanup_run
+    from deploy.launcher import Launcher
+    from registry import store
+    from registry.models import ModelVersionCreate
+
+    engine = make_engine(sqlite_url)
+    store.register_base(engine, "demo", str(demo_model_dir))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    candidate = store.register_candidate(engine, ModelVersionCreate(
+        alias="demo", base_model=str(demo_model_dir), adapter_path=str(adapter)))
+
+    def register_then_die(ctx: CycleContext) -> dict:
+        ctx.remember(version_id=candidate.id)
+        raise RuntimeError("killed")
+
+    launcher = Launcher(engine, tmp_path, python="/bin/false")
+    run = run_cycle(engine, "demo", [Step("register", register_then_die)], cleanup=cleanup_run(launcher))
+    assert run.status == RunStatus.failed
+    rejected = store.get_version(engine, candidate.id)
+    assert rejected.status == "rejected" and "died before its gate" in store.audit_log(engine, "demo")[-1].reason
+    # a run that never registered anything leaves the registry alone
+    before = len(store.audit_log(engine, "demo"))
+    run_cycle(engine, "demo", [Step("curate", lambda c: (_ for _ in ()).throw(RuntimeError("x")))],
+              cleanup=cleanup_run(launcher))
+    assert len(store.audit_log(engine, "demo")) == before

@@ -110,9 +110,6 @@ class Settings(BaseSettings):
     def resolved_base_model(self) -> str:
         return self.base_model or str((self.home / "models" / "demo-base").resolve())
 
-    def path(self, *parts: str) -> Path:
-        """A path under HOME, created as a directory when asked for the parent."""
-        return self.home.joinpath(*parts)
 
 
 class SettingsError(ValueError):
