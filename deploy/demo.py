@@ -146,7 +146,9 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
         console.print(f"    cycle {cycle.id}: [bold]{cycle.status}[/] {cycle.reason or cycle.error or ''}")
         action = "none"
         if cycle.status == "succeeded":
-            canary_policy = CanaryPolicy(min_requests=30, min_ratings=20)
+            # Both vLLM servers share the same 2 CPU cores here, so one arm's p95 latency swings by 2x with the
+            # other's load (seen: x1.89 on identical work); the demo allows x3 instead of production's x1.5.
+            canary_policy = CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=3.0)
             for round_number in range(1, config.max_canary_rounds + 1):
                 console.print(f"[bold]5/6[/] afternoon, round {round_number}: {config.afternoon_requests} "
                               "questions, split between production and the canary ...")
