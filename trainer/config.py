@@ -86,7 +86,8 @@ class TrainConfig:
     learning_rate: float | None = field(
         default=None,
         metadata=_meta(
-            "Peak learning rate; None: 2e-4 for real models (the article), 5e-3 for tiny demo-size models."
+            "Peak learning rate; None: 2e-4 on CUDA (the article), 1e-3 for real models on CPU (one short "
+            "epoch), 5e-3 for tiny random models."
         ),
     )
     lr_scheduler: str = field(default="cosine", metadata=_meta(f"Schedule, one of {', '.join(SCHEDULERS)}."))
@@ -95,16 +96,22 @@ class TrainConfig:
     )
     epochs: float | None = field(
         default=None,
-        metadata=_meta("Passes over the train split; None: 3 for real models, 10 for tiny ones."),
+        metadata=_meta("Passes over the train split; None: 3 on CUDA, 1 for real models on CPU, 10 for tiny ones."),
     )
-    batch_size: int | None = field(default=None, metadata=_meta("Micro-batch per step; None: 4."))
+    batch_size: int | None = field(
+        default=None, metadata=_meta("Micro-batch per step; None: 8 for real models on CPU, else 4.")
+    )
     grad_accumulation: int | None = field(
         default=None, metadata=_meta("Micro-batches per optimizer step; None: 4 on CUDA, 1 on CPU.")
     )
     max_length: int | None = field(
         default=None, metadata=_meta("Tokens per (packed) sequence; None: 2048 on CUDA, 512 on CPU.")
     )
-    packing: bool = field(default=True, metadata=_meta("Pack several examples per sequence (TRL best-fit)."))
+    packing: bool | None = field(
+        default=None,
+        metadata=_meta("Pack several examples per sequence (TRL best-fit); None: on, except for real models on CPU "
+                       "(short chat rows: unpacked, the same tokens give several times the optimizer steps)."),
+    )
     assistant_only_loss: bool = field(
         default=True,
         metadata=_meta("Train only on assistant tokens (the chat template needs {% generation %} markers)."),

@@ -8,6 +8,7 @@ bitsandbytes CPU bug, checkpoints for crash resume, measures the run and publish
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ def plan(config: TrainConfig, dataset_dir: str | Path) -> tuple[str, DatasetVers
     return base_model, dataset, resolved, model_config
 
 
-def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, has_eval: bool) -> Any:
+def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, has_eval: bool,
+                assistant_masks: bool) -> Any:
     from trl import SFTConfig
 
     checkpointing = resolved.gradient_checkpointing != "off"  # "selective" is hooked in by prepare_for_training
@@ -99,9 +101,11 @@ def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, ha
         use_cpu=resolved.device == "cpu",
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        packing=config.packing,
+        packing=resolved.packing,
         max_length=resolved.max_length,
-        assistant_only_loss=config.assistant_only_loss,
+        assistant_only_loss=config.assistant_only_loss and assistant_masks,
+        # Without template markers the rows are prompt/completion pairs: TRL masks the prompt itself.
+        completion_only_loss=config.assistant_only_loss if not assistant_masks else None,
         use_liger_kernel=resolved.liger_kernels,
         eval_strategy="epoch" if has_eval and config.eval_each_epoch else "no",
         save_strategy="steps" if config.save_steps else "epoch",
@@ -134,10 +138,27 @@ def _lora_config(config: TrainConfig) -> Any:
     )
 
 
-def _to_hf_dataset(examples: list[list[dict[str, str]]]) -> Any:
+_GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def template_marks_assistant(tokenizer: Any) -> bool:
+    """True when the chat template wraps assistant turns in {% generation %} (TRL's assistant_only_loss)."""
+    return bool(_GENERATION_BLOCK.search(tokenizer.chat_template or ""))
+
+
+def _to_hf_dataset(examples: list[list[dict[str, str]]], assistant_masks: bool) -> Any:
+    """Conversational rows for TRL. Most released templates (SmolLM2's, Llama's) carry no generation markers;
+    then each example becomes a prompt (every turn before the last assistant turn) and a completion (that
+    turn), and TRL's completion-only loss masks the prompt: the same tokens learned, with any template."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"messages": messages} for messages in examples])
+    if assistant_masks:
+        return Dataset.from_list([{"messages": messages} for messages in examples])
+    rows = []
+    for messages in examples:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        rows.append({"prompt": messages[:last], "completion": [messages[last]]})
+    return Dataset.from_list(rows)
 
 
 def _save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path, base_model: str) -> None:
@@ -212,11 +233,12 @@ def _train_in(
     if progress:
         callbacks.append(RichProgressCallback())
     has_eval = bool(dataset.eval)
+    masks = template_marks_assistant(tokenizer)
     trainer = SFTTrainer(
         model=model,
-        args=_sft_config(config, resolved, partial, has_eval),
-        train_dataset=_to_hf_dataset(dataset.train),
-        eval_dataset=_to_hf_dataset(dataset.eval) if has_eval else None,
+        args=_sft_config(config, resolved, partial, has_eval, masks),
+        train_dataset=_to_hf_dataset(dataset.train, masks),
+        eval_dataset=_to_hf_dataset(dataset.eval, masks) if has_eval else None,
         processing_class=tokenizer,
         peft_config=_lora_config(config),
         callbacks=callbacks,
@@ -248,6 +270,7 @@ def _train_in(
         "libraries": library_versions(),
         "code": code_revision(),
         "device": device_description(resolved.device),
+        "loss_masking": "assistant tokens (template markers)" if masks else "completion (last assistant turn)",
         "loss_curve": curve,
         "final_train_loss": curve["train"][-1]["loss"] if curve["train"] else None,
         "mean_train_loss": output.training_loss,

