@@ -7,6 +7,9 @@ Three checks, each ok / worse / unknown:
   `require_non_inferiority`, *ok* also needs the Agresti-Caffo upper confidence bound of the increase to be
   within the allowance (strict: needs many samples), else plain "observed within the allowance" is ok.
 - p95 latency: worse when canary p95 / production p95 exceeds the allowed ratio.
+- thumbs-up gain: Fisher's exact test (one-sided, canary thumbs-up rate > production's), always reported.
+  With `require_better_thumbs` it decides too: ok only when p < `better_alpha`, else unknown (wait), so a
+  canary is promoted because users like it better, not merely because it is not worse.
 Any worse -> rollback; all ok -> promote; else wait. Too few requests or ratings on an arm -> that check is
 unknown, so the decision is wait unless another check already shows the canary worse.
 """
@@ -73,6 +76,8 @@ class CanaryPolicy:
     max_p95_latency_ratio: float = 1.5  # canary p95 / production p95
     require_non_inferiority: bool = False  # ok needs the confidence bound (not just the estimate) in the allowance
     stages: tuple[int, ...] = ()  # weights (1-99) a passing canary steps through before promotion, e.g. (50,)
+    require_better_thumbs: bool = False  # promote only when the canary's thumbs-up rate is significantly higher
+    better_alpha: float = 0.01  # significance level of that one-sided test
 
     def __post_init__(self) -> None:
         for name in ("min_requests", "min_ratings"):
@@ -82,8 +87,9 @@ class CanaryPolicy:
         for name in ("max_error_rate_increase", "max_thumbs_down_rate_increase"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}: must be a fraction from 0 to 1, got {getattr(self, name)!r}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha: must be between 0 and 1, got {self.alpha!r}")
+        for name in ("alpha", "better_alpha"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be between 0 and 1, got {getattr(self, name)!r}")
         if not self.max_p95_latency_ratio >= 1:
             raise ValueError(f"max_p95_latency_ratio: must be >= 1, got {self.max_p95_latency_ratio!r}")
         stages = tuple(self.stages)
@@ -107,7 +113,7 @@ class CanaryPolicy:
 
 @dataclass(frozen=True)
 class Check:
-    name: str  # errors | thumbs_down | latency
+    name: str  # errors | thumbs_down | latency | thumbs_up_gain
     verdict: Verdict
     reason: str
     production: float | None = None
@@ -135,6 +141,7 @@ def analyse(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy) ->
                     canary.thumbs_down, canary.ratings, policy.min_ratings, policy.max_thumbs_down_rate_increase,
                     policy),
         _latency_check(production, canary, policy),
+        _gain_check(production, canary, policy),
     )
     worse = [c.reason for c in checks if c.verdict == Verdict.worse]
     if worse:
@@ -171,6 +178,26 @@ def _rate_check(name: str, label: str, bad_p: int, n_p: int, bad_c: int, n_c: in
                          f"{figures}: upper bound of the increase {upper:+.1%} not yet within +{allowance:.1%}",
                          rate_p, rate_c, p_value)
     return Check(name, Verdict.ok, f"{figures}: within the allowed +{allowance:.1%}", rate_p, rate_c, p_value)
+
+
+def _gain_check(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy) -> Check:
+    n_p, n_c, up_p, up_c = production.ratings, canary.ratings, production.thumbs_up, canary.thumbs_up
+    need = max(policy.min_ratings, 1)
+    if n_p < need or n_c < need:
+        verdict = Verdict.unknown if policy.require_better_thumbs else Verdict.ok
+        return Check("thumbs_up_gain", verdict,
+                     f"thumbs-up gain: too few ratings (production {n_p}, canary {n_c}; need {need} each)")
+    rate_p, rate_c = up_p / n_p, up_c / n_c
+    p_value = float(fisher_exact([[up_c, n_c - up_c], [up_p, n_p - up_p]], alternative="greater").pvalue)
+    text = (f"thumbs-up rate canary {rate_c:.1%} ({up_c}/{n_c}) vs production {rate_p:.1%} ({up_p}/{n_p}), "
+            f"Fisher one-sided p={p_value:.3g}")
+    if not policy.require_better_thumbs:
+        return Check("thumbs_up_gain", Verdict.ok, f"{text} (a gain is not required)", rate_p, rate_c, p_value)
+    if p_value < policy.better_alpha:
+        return Check("thumbs_up_gain", Verdict.ok, f"{text}: better at p < {policy.better_alpha:g}",
+                     rate_p, rate_c, p_value)
+    return Check("thumbs_up_gain", Verdict.unknown, f"{text}: not shown better yet (need p < {policy.better_alpha:g})",
+                 rate_p, rate_c, p_value)
 
 
 def _agresti_caffo_upper(bad_c: int, n_c: int, bad_p: int, n_p: int, alpha: float) -> float:

@@ -132,10 +132,11 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
         base = _first_version(engine, policy.alias)
         endpoints = {vid: _endpoint(launcher, vid) for vid in {version_id, production.id, base.id}}
         dataset = get_dataset(engine, ctx.values["dataset_id"])
-        examples = golden(policy) + load_examples(Path(dataset.path) / "eval.jsonl", limit=policy.eval_limit)
+        examples = load_examples(Path(dataset.path) / "eval.jsonl", limit=policy.eval_limit)
         run = asyncio.run(gate_version(
             engine, version_id, endpoints[version_id], endpoints[production.id], endpoints[base.id], examples,
             judge, settings.home / "evals", GatePolicy(**policy.gate), actor=f"cycle:{ctx.run_id}",
+            golden=golden(policy),
         ))
         figures = {"passed": run.decision.passed, "reasons": list(run.decision.reasons),
                    "figures": run.decision.figures}
@@ -157,7 +158,10 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
 
 
 def golden(policy: CyclePolicy) -> list[EvalExample]:
-    return examples_from_records(policy.golden_examples) if policy.golden_examples else []
+    """The policy's trusted examples, with ids of their own (the gate scores them apart from the eval split)."""
+    records = [{**record, "id": record.get("id") or f"golden-{i}"}
+               for i, record in enumerate(policy.golden_examples, start=1)]
+    return examples_from_records(records)
 
 
 def cleanup_run(launcher: Launcher) -> Any:

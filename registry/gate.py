@@ -2,6 +2,8 @@
 
 A candidate may go to canary only when every check holds:
 - its mean judge score on the dataset's eval split is at least `min_mean_score` (the article's 4.0);
+- when a golden set (trusted examples) was given, its mean on that set alone is at least `min_golden_score`:
+  the eval split comes from users' corrections, and a poisoned split would also poison the mean above;
 - that mean is not below production's by more than `max_drop_vs_production`;
 - head-to-head against production (both orders judged), its win rate is at least `min_pairwise_win_rate`;
 - on the general regression set it lost at most `max_regression_drop_points` versus the base model
@@ -34,6 +36,9 @@ class GatePolicy:
         metadata={"help": "Largest drop on the regression set vs the base model, in points: the 1-5 mean mapped "
                           "to 0-100 (1 -> 0, 5 -> 100), so 5 points = 0.2 of a score."},
     )
+    min_golden_score: float | None = field(
+        default=4.0, metadata={"help": "Lowest mean 1-5 judge score on the golden set alone (when one is given)."}
+    )
     max_failure_rate: float = field(
         default=0.1, metadata={"help": "Largest share of examples per report that failed to answer or be judged."}
     )
@@ -48,6 +53,8 @@ class GatePolicy:
             raise ValueError(f"min_pairwise_win_rate: {self.min_pairwise_win_rate} must be between 0 and 1")
         if self.max_regression_drop_points is not None and not 0.0 <= self.max_regression_drop_points <= 100.0:
             raise ValueError(f"max_regression_drop_points: {self.max_regression_drop_points} must be 0-100 points")
+        if self.min_golden_score is not None and not 1.0 <= self.min_golden_score <= 5.0:
+            raise ValueError(f"min_golden_score: {self.min_golden_score} is outside the 1-5 judge scale")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(f"max_failure_rate: {self.max_failure_rate} must be between 0 and 1")
         if self.min_examples < 1:
@@ -72,6 +79,7 @@ def decide(
     regression_candidate: EvalReport | None,
     regression_base: EvalReport | None,
     policy: GatePolicy | None = None,
+    golden: EvalReport | None = None,
 ) -> GateDecision:
     """Apply every check of `policy`; each one adds a reason ("ok: ..." or "FAIL: ...")."""
     policy = policy or GatePolicy()
@@ -89,6 +97,13 @@ def decide(
                        f"{scored} scored eval examples (minimum {policy.min_examples})"))
         checks.append((candidate_mean >= policy.min_mean_score,
                        f"mean score {candidate_mean:.2f} vs minimum {policy.min_mean_score:.2f}"))
+
+    if policy.min_golden_score is not None and golden is not None:
+        golden_mean = golden.mean_score
+        figures["golden_mean"] = golden_mean
+        checks.append((golden_mean is not None and golden_mean >= policy.min_golden_score,
+                       f"golden set: mean score {golden_mean or 0:.2f} over {len(golden.scored)} trusted examples "
+                       f"vs minimum {policy.min_golden_score:.2f}"))
 
     for label, report in (("candidate eval", candidate_report), ("production eval", production_report),
                           ("candidate regression", regression_candidate), ("base regression", regression_base)):

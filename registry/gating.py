@@ -53,10 +53,14 @@ async def run_gate(
     regression: list[EvalExample] | None = None,
     concurrency: int = 8,
     max_tokens: int = 256,
+    golden: list[EvalExample] | None = None,
 ) -> GateRun:
-    """Evaluate candidate and production on the eval split, candidate and base on the regression set,
-    judge candidate vs production pairwise, and decide."""
+    """Evaluate candidate and production on the eval split (plus the golden set), candidate and base on the
+    regression set, judge candidate vs production pairwise, and decide. The golden set is also scored on its
+    own: the eval split comes from users' corrections and may be wrong, the golden set is trusted."""
     regression = regression_examples() if regression is None else regression
+    golden = golden or []
+    eval_examples = golden + eval_examples
 
     def evaluate(endpoint: Endpoint, examples: list[EvalExample], name: str):
         return evaluate_endpoint(endpoint.base_url, endpoint.model, examples, judge, concurrency, name=name,
@@ -67,9 +71,14 @@ async def run_gate(
         evaluate(candidate, regression, "regression"), evaluate(base, regression, "regression"),
     )
     pairwise = await compare_reports(candidate_eval, production_eval, judge, concurrency) if eval_examples else None
-    decision = decide(candidate_eval, production_eval, pairwise, candidate_regression, base_regression, policy)
+    golden_ids = {example.id for example in golden}
+    candidate_golden = candidate_eval.subset(golden_ids, name="golden") if golden else None
+    decision = decide(candidate_eval, production_eval, pairwise, candidate_regression, base_regression, policy,
+                      golden=candidate_golden)
     reports = {"candidate_eval": candidate_eval, "production_eval": production_eval,
                "candidate_regression": candidate_regression, "base_regression": base_regression}
+    if candidate_golden is not None:
+        reports["candidate_golden"] = candidate_golden
     return GateRun(decision, reports, pairwise)
 
 

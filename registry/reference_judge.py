@@ -3,7 +3,10 @@
 It scores an answer by its similarity to the reference after an optional format check:
 - format: a checker callable (reference, answer) -> None or a complaint; by default, when the reference
   is JSON the answer must be JSON of the same shape (same type, and the same keys for an object);
-- similarity: the larger of token F1 (bag of words) and character sequence similarity, with exact and
+- JSON: when reference and answer are both JSON, each field is judged on its own (numbers, booleans and
+  null must be equal, strings are compared as text) and the similarity is the mean over the reference's
+  fields, so `{"order_id": 4821}` against `{"order_id": 4812}` is wrong, not 90 % alike as text;
+- similarity otherwise: the larger of token F1 (bag of words) and character sequence similarity, with exact and
   short-reference containment ("4" inside "The answer is 4.") counting as a match;
 - similarity maps to the 1-5 rubric through fixed thresholds (SCORE_THRESHOLDS).
 It is a crude stand-in for an LLM judge (it cannot tell a paraphrase that is wrong from one that is right)
@@ -93,6 +96,36 @@ def json_shape_checker(reference: str, answer: str) -> str | None:
     return None
 
 
+def json_similarity(expected: Any, got: Any) -> float:
+    """0-1 closeness of two parsed JSON values, field by field."""
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return 0.0
+        if not expected:
+            return float(not got)
+        return sum(json_similarity(value, got.get(key)) for key, value in expected.items()) / len(expected)
+    if isinstance(expected, list):
+        if not isinstance(got, list):
+            return 0.0
+        if not expected:
+            return float(not got)
+        return sum(json_similarity(e, g) for e, g in zip(expected, got, strict=False)) / max(len(expected), len(got))
+    if isinstance(expected, str):
+        return similarity(expected, got) if isinstance(got, str) else 0.0
+    # bool is an int subclass in Python: True must not equal 1 here
+    return float(type(expected) is type(got) and expected == got)
+
+
+def _json_values(reference: str, answer: str) -> tuple[Any, Any] | None:
+    try:
+        expected = _parse_json(reference)
+        if not isinstance(expected, dict | list):
+            return None
+        return expected, _parse_json(answer)
+    except (json.JSONDecodeError, ValueError):
+        return None
+
+
 def score_for(value: float) -> int:
     return next(score for threshold, score in SCORE_THRESHOLDS if value >= threshold)
 
@@ -112,6 +145,10 @@ class ReferenceJudge:
             complaint = self.format_checker(reference, answer)
             if complaint:
                 return 0.0, f"format: {complaint}"
+        values = _json_values(reference, answer)
+        if values is not None:
+            value = json_similarity(*values)
+            return value, f"JSON fields matching the reference {value:.2f}"
         value = similarity(reference, answer)
         return value, f"similarity to the reference {value:.2f}"
 

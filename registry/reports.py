@@ -84,6 +84,13 @@ class EvalReport(BaseModel):
         mean = self.mean_score
         return None if mean is None else score_to_points(mean)
 
+    def subset(self, ids: set[str], name: str) -> EvalReport:
+        """The same report over the examples whose id is in `ids` (e.g. the golden set within the eval run)."""
+        examples = [e for e in self.examples if e.id in ids]
+        return self.model_copy(update={"name": name, "examples": examples,
+                                       "prompt_tokens": sum(e.prompt_tokens for e in examples),
+                                       "completion_tokens": sum(e.completion_tokens for e in examples)})
+
     def summary(self) -> dict[str, Any]:
         """The report without its examples: what is stored on the model version."""
         histogram = {str(s): self.scored.count(s) for s in range(MIN_SCORE, MAX_SCORE + 1)}

@@ -24,7 +24,7 @@ def test_a_canary_as_good_as_production_is_promoted() -> None:
     result = analyse(arm("v1"), arm("v2", errors=6, up=82, down=18, p95=420), POLICY)
     assert result.action == Action.promote
     assert all(c.verdict == Verdict.ok for c in result.checks)
-    assert len(result.reasons) == 3
+    assert len(result.reasons) == 4  # errors, thumbs-down, latency, thumbs-up gain (reported, not required)
 
 
 def test_mostly_thumbs_down_is_rolled_back_with_the_reason() -> None:
@@ -97,7 +97,7 @@ def test_production_errors_do_not_count_against_the_canary() -> None:
 
 def test_analysis_is_serialisable() -> None:
     data = analyse(arm("v1"), arm("v2"), POLICY).to_dict()
-    assert data["action"] == "promote" and {c["name"] for c in data["checks"]} == {"errors", "thumbs_down",
+    assert data["action"] == "promote" and {c["name"] for c in data["checks"]} == {"errors", "thumbs_down", "thumbs_up_gain",
                                                                                    "latency"}
 
 
@@ -127,3 +127,25 @@ def test_figures_are_validated() -> None:
         ArmFigures("v1", requests=1, errors=2)
     with pytest.raises(ValueError, match="thumbs_up"):
         ArmFigures("v1", thumbs_up=-1)
+
+
+BETTER = CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=3.0, require_better_thumbs=True)
+
+
+def test_a_canary_users_like_better_is_promoted_on_the_thumbs_up_gain() -> None:
+    result = analyse(arm("v1", up=4, down=96), arm("v2", up=90, down=10), BETTER)
+    gain = next(c for c in result.checks if c.name == "thumbs_up_gain")
+    assert result.action == Action.promote and gain.verdict == Verdict.ok
+    assert gain.p_value is not None and gain.p_value < 1e-6 and "better at p < 0.01" in gain.reason
+
+
+def test_a_canary_merely_not_worse_waits_when_a_gain_is_required() -> None:
+    control = analyse(arm("v1", up=80, down=20), arm("v2", up=82, down=18), POLICY)
+    result = analyse(arm("v1", up=80, down=20), arm("v2", up=82, down=18), BETTER)
+    assert control.action == Action.promote  # the same figures pass when a gain is not required
+    assert result.action == Action.wait and any("not shown better yet" in r for r in result.reasons)
+
+
+def test_better_alpha_is_validated() -> None:
+    with pytest.raises(ValueError, match="better_alpha"):
+        CanaryPolicy(better_alpha=0)
