@@ -42,7 +42,13 @@ LEASE_NAME = "improvement-cycle"
 
 
 class SkipCycle(Exception):
-    """Raised by a step when the cycle should stop here without failing (too little new data, unchanged...)."""
+    """Raised by a step when the cycle should stop here without failing (too little new data, unchanged...).
+
+    `figures` are recorded on the step like a finished step's (a rejecting gate keeps its scores)."""
+
+    def __init__(self, reason: str, figures: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.figures = figures or {}
 
 
 class LeaseLost(RuntimeError):
@@ -141,7 +147,7 @@ def _run_steps(context: CycleContext, steps: list[Step], cleanup: Cleanup | None
         try:
             figures = step.run(context) or {}
         except SkipCycle as skip:
-            finish_step(engine, step_id, RunStatus.skipped, error=str(skip))
+            finish_step(engine, step_id, RunStatus.skipped, figures=skip.figures, error=str(skip))
             update_run(engine, context.run_id, status=RunStatus.skipped, reason=f"{step.name}: {skip}",
                        finished_at=utcnow())
             return

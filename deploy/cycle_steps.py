@@ -143,7 +143,7 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
         if not run.decision.passed:
             launcher.stop(version_id, "gate rejected")
             ctx.remember(gate="rejected")
-            raise SkipCycle("gate rejected the candidate: " + "; ".join(run.decision.reasons))
+            raise SkipCycle("gate rejected the candidate: " + "; ".join(run.decision.reasons), figures)
         ctx.remember(gate="passed")
         return figures
 

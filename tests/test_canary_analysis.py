@@ -97,8 +97,8 @@ def test_production_errors_do_not_count_against_the_canary() -> None:
 
 def test_analysis_is_serialisable() -> None:
     data = analyse(arm("v1"), arm("v2"), POLICY).to_dict()
-    assert data["action"] == "promote" and {c["name"] for c in data["checks"]} == {"errors", "thumbs_down", "thumbs_up_gain",
-                                                                                   "latency"}
+    names = {c["name"] for c in data["checks"]}
+    assert data["action"] == "promote" and names == {"errors", "thumbs_down", "thumbs_up_gain", "latency"}
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -96,3 +96,21 @@ def test_checks_can_be_turned_off() -> None:
 def test_bad_policy_names_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         GatePolicy(**{field: value})
+
+
+def test_the_golden_set_is_judged_on_its_own() -> None:
+    # A poisoned eval split can carry the overall mean; the trusted golden set still fails the candidate.
+    inputs = good_inputs()
+    control = decide(**inputs, golden=report([5, 5, 4, 5], "golden"))
+    rejected = decide(**inputs, golden=report([3, 3, 3, 4], "golden"))
+    assert control.passed and control.figures["golden_mean"] == pytest.approx(4.75)
+    assert not rejected.passed
+    assert "FAIL: golden set: mean score 3.25 over 4 trusted examples vs minimum 4.00" in rejected.reasons
+    assert decide(**inputs, golden=report([3, 3], "golden"), policy=GatePolicy(min_golden_score=None)).passed
+
+
+def test_eval_report_subset_keeps_only_the_named_examples() -> None:
+    full = report([5, 3, 1])
+    golden = full.subset({"e0", "e2"}, name="golden")
+    assert golden.name == "golden" and [e.id for e in golden.examples] == ["e0", "e2"]
+    assert golden.mean_score == pytest.approx(3.0) and full.n == 3

@@ -130,3 +130,14 @@ def test_judge_choice_from_the_environment(tmp_path: Path) -> None:
 def test_bad_judge_settings_name_the_field(environ: dict[str, str], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         JudgeConfig.from_env(environ)
+
+
+async def test_json_answers_are_judged_field_by_field() -> None:
+    judge = ReferenceJudge()
+    reference = demo_task.reference_answer(4821, "shipped")
+    right = await judge.score("q", reference, '{"order_id": 4821, "status": "shipped"}')
+    wrong_number = await judge.score("q", reference, '{"order_id": 4812, "status": "shipped"}')
+    both_wrong = await judge.score("q", reference, '{"order_id": 4812, "status": "pending"}')
+    assert (right.score, wrong_number.score) == (5, 3) and both_wrong.score <= 2
+    assert (await judge.compare("q", reference, reference, '{"order_id": 1, "status": "shipped"}')).winner == "A"
+    assert (await judge.score("q", '{"ok": true}', '{"ok": 1}')).score == 1  # a number is not a boolean

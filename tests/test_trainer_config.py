@@ -132,6 +132,15 @@ def test_cuda_defaults_are_the_qlora_recipe_with_liger() -> None:
     assert resolved.batch_size * resolved.grad_accumulation == 16  # the article's effective batch
 
 
+def test_real_models_on_cpu_train_one_unpacked_epoch_at_a_higher_rate() -> None:
+    resolved = resolve(TrainConfig(), CPU, REAL)
+    assert (resolved.learning_rate, resolved.epochs, resolved.batch_size) == (1e-3, 1.0, 8)
+    assert resolved.packing is False and resolved.max_length == 512 and not resolved.tiny_model
+    assert resolve(TrainConfig(), CPU, TINY).packing is True  # the tiny model's measured recipe packs
+    assert resolve(TrainConfig(), CUDA, REAL).packing is True
+    assert resolve(TrainConfig(packing=True), CPU, REAL).packing is True  # an explicit choice wins
+
+
 def test_explicit_values_beat_defaults_and_impossible_choices_fail() -> None:
     resolved = resolve(TrainConfig(quantization="nf4", learning_rate=1e-3, batch_size=2), CPU, TINY)
     assert resolved.quantization == "nf4" and resolved.learning_rate == 1e-3 and resolved.batch_size == 2
@@ -279,3 +288,18 @@ def test_selective_checkpointing_reaches_the_layers_through_peft(tmp_path: Path)
     checkpoint_kwargs = peft_model.base_model.model.model.layers[0]._gradient_checkpointing_func.keywords
     assert checkpoint_kwargs["context_fn"].func.__name__ == "create_selective_checkpoint_contexts"
     assert "selective" not in checkpoint_kwargs
+
+
+def test_templates_without_generation_markers_train_on_the_last_assistant_turn() -> None:
+    from types import SimpleNamespace
+
+    from trainer.demo_model import CHAT_TEMPLATE
+    from trainer.train import _to_hf_dataset, template_marks_assistant
+
+    assert template_marks_assistant(SimpleNamespace(chat_template=CHAT_TEMPLATE))
+    assert not template_marks_assistant(SimpleNamespace(chat_template="{{ messages[0]['content'] }}"))
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"}]
+    rows = _to_hf_dataset([chat], assistant_masks=False).to_list()
+    assert rows == [{"prompt": chat[:2], "completion": chat[2:]}]
+    assert _to_hf_dataset([chat], assistant_masks=True).to_list() == [{"messages": chat}]

@@ -97,8 +97,12 @@ def demo_command(
     finally:
         Launcher.for_settings(make_engine(settings.resolved_database_url), settings).stop_all("demo finished")
     console.print(report.table())
+    for line in report.gate_lines():
+        console.print(line, highlight=False, markup=False)
     console.print(report.thumbs_table())
-    console.print(f"cycle {report.cycle.id}: {report.cycle.status}; canary: {report.canary_action}; "
+    gain = f", thumbs-up gain Fisher one-sided p={report.thumbs_p_value:.2g}" if report.thumbs_p_value is not None \
+        else ""
+    console.print(f"cycle {report.cycle.id}: {report.cycle.status}; canary: {report.canary_action}{gain}; "
                   f"wall time {report.wall_s:.0f} s")
 
 
