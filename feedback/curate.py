@@ -48,7 +48,7 @@ from feedback.policy import CurationPolicy
 from feedback.scrub import Scrubber
 from feedback.selection import count_window, iter_rated_interactions, select_example
 from feedback.split import eval_positions, split_fraction
-from tuneloop.settings import Settings
+from tuneloop.settings import DEFAULT_BASE_DIR, Settings
 
 ALL_HISTORY = datetime(1970, 1, 1, tzinfo=UTC)  # pass as `since` to ignore earlier datasets' windows
 MAX_BAD_LINES_IN_MANIFEST = 1000
@@ -349,7 +349,7 @@ def _resolve_home(settings_or_home: Settings | Path | str, policy: CurationPolic
         home, base = settings_or_home.home, settings_or_home.resolved_base_model
     else:
         home = Path(settings_or_home)
-        base = str((home / "models" / "demo-base").resolve())
+        base = str((home / "models" / DEFAULT_BASE_DIR).resolve())
     return home.resolve(), policy.tokenizer or base
 
 
