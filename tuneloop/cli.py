@@ -53,7 +53,7 @@ def serve_command(
 
 @app.command("up")
 def up_command() -> None:
-    """Bring up the whole system on the embedded default: demo model on real vLLM, gateway, scheduler."""
+    """Bring up the whole system on the embedded default: SmolLM2-135M-Instruct on real vLLM, gateway, scheduler."""
     import uvicorn
 
     from deploy.quickstart import bring_up, usage_text
