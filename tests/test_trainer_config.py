@@ -248,6 +248,16 @@ def test_compare_logits_tolerates_rounding_and_refuses_real_differences() -> Non
     assert not compare_logits(reference, broken, rtol=1.0, min_top1=0.0).passed
 
 
+def test_near_ties_do_not_count_for_top1_agreement_but_decided_flips_do() -> None:
+    reference = [torch.tensor([[10.0, 9.99, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])]
+    near_tie_flipped = [torch.tensor([[9.99, 10.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])]
+    report = compare_logits(reference, near_tie_flipped, rtol=5e-2, min_top1=0.99, tie_margin=1e-2)
+    assert report.passed and report.decided_positions == 2 and report.raw_top1_agreement == pytest.approx(2 / 3)
+    assert not compare_logits(reference, near_tie_flipped, rtol=5e-2, min_top1=0.99).passed  # margin 0: all count
+    decided_flipped = [torch.tensor([[10.0, 9.99, 0.0], [10.0, 10.3, 0.0], [0.0, 10.0, 0.0]])]
+    assert not compare_logits(reference, decided_flipped, rtol=5e-2, min_top1=0.99, tie_margin=1e-2).passed
+
+
 def test_cli_reports_bad_config_without_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tuneloop.cli import app
 
