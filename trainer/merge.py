@@ -24,12 +24,18 @@ FIXED_PROBES = (
     [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name three colors."}],
     [{"role": "user", "content": "Give me the total price of the last order as JSON."}],
 )
-# Per stored dtype: max |logit difference| allowed, relative to the largest |logit| (at least 1); the least
-# top-1 agreement; and the top-1 margin, relative to the largest |logit|, below which a position is a near-tie
-# that rounding may flip and so does not count for agreement. Measured on SmolLM2-135M (LoRA merged, stored
-# in bf16, max |logit| 43.8): 19 of 662 probe positions flipped, every one with a margin under 0.46 (1.0 %),
-# where the median per-position |diff| was 0.43: near-ties, not a changed model (97.1 % raw agreement).
-TOLERANCES = {"float32": (1e-3, 0.999, 0.0), "bfloat16": (5e-2, 0.98, 1.1e-2), "float16": (2e-2, 0.98, 5e-3)}
+# Two checks. The merge itself, in float32 before any rounding, must match the adapter model tightly (the
+# float32 row). The stored checkpoint, reloaded, is then held to its dtype's row: max |logit difference|
+# relative to the largest |logit| (at least 1), the least top-1 agreement, and the top-1 margin (relative to
+# the largest |logit|) below which a position is a near-tie that rounding may flip and does not count.
+# Measured on SmolLM2-135M, LoRA merged and stored in bf16 (max |logit| ~44), compared computing in fp32:
+#   first cycle (merge into the converted base):  max |diff| 0.72-1.10, median per position 0.43,
+#     19 of 662 positions flipped, all with a top-1 margin under 0.46 (1.0 %): 100 % over the others;
+#   second cycle (merge into the first's merged model): max |diff| 3.84, median 0.78, p99 3.0; 27 flips,
+#     all with a margin under 0.52 (1.1 %): 98.6 % over the 553 others.
+# Rounding 135 M weights to bf16 moves single logits by several units while keeping greedy choices, so the
+# 16-bit rows bound the max difference loosely (a broken cast moves logits by tens) and rely on top-1.
+TOLERANCES = {"float32": (1e-3, 0.999, 0.0), "bfloat16": (0.15, 0.98, 1.2e-2), "float16": (0.1, 0.98, 6e-3)}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -183,9 +189,9 @@ def check_against_adapter(
 def merge_adapter(run_dir_or_adapter_dir: str | Path, out_dir: str | Path, *, device: str | None = None) -> Path:
     """Merge a run's adapter into a self-contained safetensors checkpoint (with tokenizer and chat template).
 
-    The merge happens in float32 and is saved in the base's own dtype. The saved checkpoint is reloaded and its
-    logits compared with the adapter model's on a probe batch; on a mismatch MergeMismatchError is raised and
-    `out_dir` is not created.
+    The merge happens in float32 and its logits must match the adapter model's on a probe batch within the
+    float32 tolerance; it is then saved in the base's own dtype, reloaded, and held to that dtype's tolerance.
+    On a mismatch MergeMismatchError is raised and `out_dir` is not created.
     """
     from trainer.modeling import DTYPES, load_tokenizer
 
@@ -202,7 +208,14 @@ def merge_adapter(run_dir_or_adapter_dir: str | Path, out_dir: str | Path, *, de
     inputs = probe_inputs(tokenizer, probe_conversations(metadata))
     adapter_model = _load_adapter_model(base_model, adapter_dir, quantization, device)
     reference = probe_logits(adapter_model, inputs)
-    merged = _merge(adapter_model, adapter_dir, quantization == "nf4").to(DTYPES[dtype])
+    merged = _merge(adapter_model, adapter_dir, quantization == "nf4").float()
+    rtol, min_top1, tie_margin = TOLERANCES["float32"]
+    exact = compare_logits(reference, probe_logits(merged, inputs), rtol=rtol, min_top1=min_top1,
+                           tie_margin=tie_margin)
+    if not exact.passed:
+        raise MergeMismatchError(f"the float32 merge differs from the adapter model: {_describe(exact)}; "
+                                 "merge refused")
+    merged = merged.to(DTYPES[dtype])
 
     partial = out.parent / f".partial-{out.name}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -213,12 +226,8 @@ def merge_adapter(run_dir_or_adapter_dir: str | Path, out_dir: str | Path, *, de
         del merged, adapter_model
         report = _check_equivalence(reference, partial, inputs, dtype, device)
         if not report.passed:
-            raise MergeMismatchError(
-                f"merged logits differ from the adapter model's: max |diff| {report.max_abs_diff:.4g} "
-                f"(allowed {report.allowed_abs_diff:.4g}), top-1 agreement {report.top1_agreement:.4f} over "
-                f"{report.decided_positions} of {report.positions} positions (need {report.min_top1_agreement}); "
-                "merge refused"
-            )
+            raise MergeMismatchError(f"the merged checkpoint stored in {dtype} differs from the adapter "
+                                     f"model: {_describe(report)}; merge refused")
         info = {
             "source_run": metadata.get("run_id", run_dir.name),
             "adapter_dir": str(adapter_dir),
@@ -227,6 +236,7 @@ def merge_adapter(run_dir_or_adapter_dir: str | Path, out_dir: str | Path, *, de
             "method": "dequantize+merge_and_unload" if quantization == "nf4" else "merge_and_unload",
             "dtype": dtype,
             "equivalence": report.to_dict(),
+            "float32_merge_equivalence": exact.to_dict(),
             "merged_at": utc_now().isoformat(),
         }
         (partial / "merge.json").write_text(json.dumps(info, indent=2))
@@ -234,6 +244,12 @@ def merge_adapter(run_dir_or_adapter_dir: str | Path, out_dir: str | Path, *, de
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def _describe(report: EquivalenceReport) -> str:
+    return (f"max |diff| {report.max_abs_diff:.4g} (allowed {report.allowed_abs_diff:.4g}), top-1 agreement "
+            f"{report.top1_agreement:.4f} over {report.decided_positions} of {report.positions} positions "
+            f"(need {report.min_top1_agreement})")
 
 
 def export_adapter(run_dir_or_adapter_dir: str | Path, out_dir: str | Path) -> Path:
