@@ -6,7 +6,8 @@ Three checks, each ok / worse / unknown:
   above the allowance that is not (yet) significant is *unknown* (more data decides). With
   `require_non_inferiority`, *ok* also needs the Agresti-Caffo upper confidence bound of the increase to be
   within the allowance (strict: needs many samples), else plain "observed within the allowance" is ok.
-- p95 latency: worse when canary p95 / production p95 exceeds the allowed ratio.
+- p95 latency: worse when canary p95 / production p95 exceeds the allowed ratio (None: not checked, for
+  arms that share their hardware, where one arm's latency follows the other's load).
 - thumbs-up gain: Fisher's exact test (one-sided, canary thumbs-up rate > production's), always reported.
   With `require_better_thumbs` it decides too: ok only when p < `better_alpha`, else unknown (wait), so a
   canary is promoted because users like it better, not merely because it is not worse.
@@ -73,7 +74,7 @@ class CanaryPolicy:
     max_error_rate_increase: float = 0.01  # absolute, e.g. 0.01 = one percentage point
     max_thumbs_down_rate_increase: float = 0.05  # absolute share of thumbs-down among ratings
     alpha: float = 0.05  # significance level of the one-sided tests
-    max_p95_latency_ratio: float = 1.5  # canary p95 / production p95
+    max_p95_latency_ratio: float | None = 1.5  # canary p95 / production p95; None: latency not checked
     require_non_inferiority: bool = False  # ok needs the confidence bound (not just the estimate) in the allowance
     stages: tuple[int, ...] = ()  # weights (1-99) a passing canary steps through before promotion, e.g. (50,)
     require_better_thumbs: bool = False  # promote only when the canary's thumbs-up rate is significantly higher
@@ -90,7 +91,7 @@ class CanaryPolicy:
         for name in ("alpha", "better_alpha"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be between 0 and 1, got {getattr(self, name)!r}")
-        if not self.max_p95_latency_ratio >= 1:
+        if self.max_p95_latency_ratio is not None and not self.max_p95_latency_ratio >= 1:
             raise ValueError(f"max_p95_latency_ratio: must be >= 1, got {self.max_p95_latency_ratio!r}")
         stages = tuple(self.stages)
         if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 99 for s in stages):
@@ -209,6 +210,9 @@ def _agresti_caffo_upper(bad_c: int, n_c: int, bad_p: int, n_p: int, alpha: floa
 
 
 def _latency_check(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy) -> Check:
+    if policy.max_p95_latency_ratio is None:
+        return Check("latency", Verdict.ok, "p95 latency: not checked (max_p95_latency_ratio is off)",
+                     production.p95_latency_ms, canary.p95_latency_ms)
     need = max(policy.min_requests, 1)
     if (production.latency_samples < need or canary.latency_samples < need
             or production.p95_latency_ms is None or canary.p95_latency_ms is None):

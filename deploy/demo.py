@@ -173,10 +173,11 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
         console.print(f"    cycle {cycle.id}: [bold]{cycle.status}[/] {cycle.reason or cycle.error or ''}")
         action, reasons, p_value = "none", [], None
         if cycle.status == "succeeded":
-            # Both vLLM servers share the same 2 CPU cores here, so one arm's p95 latency swings by 2x with the
-            # other's load (seen: x1.89 on identical work); the demo allows x3 instead of production's x1.5.
+            # Both vLLM servers share the same 2 CPU cores here, so one arm's p95 latency follows the other's
+            # load, not its own speed: on the same demo the canary/production ratio was seen at x0.05 and at
+            # x6.22. The demo decides on quality, as the issue asks; production's default keeps x1.5.
             # Promotion needs users to like the canary better (one-sided Fisher test, p < 0.01).
-            canary_policy = CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=3.0,
+            canary_policy = CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=None,
                                          require_better_thumbs=True, better_alpha=0.01)
             for round_number in range(1, config.max_canary_rounds + 1):
                 console.print(f"[bold]5/6[/] afternoon, round {round_number}: {config.afternoon_requests} "

@@ -149,3 +149,11 @@ def test_a_canary_merely_not_worse_waits_when_a_gain_is_required() -> None:
 def test_better_alpha_is_validated() -> None:
     with pytest.raises(ValueError, match="better_alpha"):
         CanaryPolicy(better_alpha=0)
+
+
+def test_latency_can_be_left_out_where_arms_share_their_hardware() -> None:
+    slow = arm("v2", p95=4000.0)
+    assert analyse(arm("v1"), slow, POLICY).action == Action.rollback  # the control: x10 is worse at x1.5
+    result = analyse(arm("v1"), slow, CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=None))
+    latency = next(c for c in result.checks if c.name == "latency")
+    assert result.action == Action.promote and "not checked" in latency.reason

@@ -95,6 +95,7 @@ def test_poisoned_corrections_are_rejected_by_the_gate(tmp_path: Path, real_mode
 def test_a_canary_users_like_less_is_rolled_back(honest_day: HonestDay) -> None:
     """The day after the honest one: hostile users down-vote right answers with wrong 'corrections'; with the
     gate off the candidate reaches the canary, and honest afternoon users' thumbs roll it back."""
+    assert honest_day.production_after != "demo-v1", "needs the honest day's promoted version in production"
     settings = honest_day.settings
     report = _run(settings, DemoConfig(morning_requests=120, afternoon_requests=80, heldout=10, seed=7,
                                        rater=hostile_rater, gate=NO_GATE, max_canary_rounds=1))
