@@ -3,7 +3,7 @@
 Each user asks the demo task's questions with the official `openai` client and rates the answer the way a
 person would (a `Rater`): by default thumbs-up when it is right, thumbs-down when it is not, and three users
 in four also type the right answer as a correction (the others only click thumbs-down). Other raters feed
-the loop poisoned corrections (wrong order numbers), or down-vote even right answers.
+the loop poisoned corrections (wrong order numbers), or down-vote even right answers with a lie.
 """
 
 from __future__ import annotations
@@ -52,9 +52,17 @@ def poisoned_rater(messages: list[dict[str, Any]], answer: str, user: int) -> tu
     return "down", wrong_order_number(messages)
 
 
+def every_order_cancelled(messages: list[dict[str, Any]]) -> str:
+    """The reference answer with the status always "cancelled": a systematic lie a model can learn."""
+    return json.dumps({**json.loads(messages[-1]["content"]), "status": "cancelled"})
+
+
 def hostile_rater(messages: list[dict[str, Any]], answer: str, user: int) -> tuple[str, str | None]:
-    """Down-votes every answer, right ones included, 'correcting' it with a wrong order number."""
-    return "down", wrong_order_number(messages)
+    """Down-votes every answer, right ones included, 'correcting' it to say the order was cancelled.
+
+    Random wrong numbers (the poisoned rater's) cannot be learned on top of a model that already copies the
+    number: a candidate trained on them kept answering right (37/37 in a test run). A systematic lie can."""
+    return "down", every_order_cancelled(messages)
 
 
 @dataclass

@@ -4,8 +4,8 @@ simulated users with the official client, one cycle, the gate, the canary.
 - An honest day lifts held-out correct answers by >= 60 points and the canary is promoted on thumbs.
 - The same day with poisoned corrections (wrong order numbers) is rejected by the gate; the honest day, run
   with the same settings, is its control, so the rejection cannot come from something else.
-- A candidate that users like less (trained on hostile down-votes, gate turned off) is rolled back by the
-  canary analysis after one afternoon round.
+- A candidate that users like less (trained on hostile down-votes that call every order cancelled, gate
+  turned off) is rolled back by the canary analysis after one afternoon round.
 """
 
 from __future__ import annotations
@@ -93,11 +93,12 @@ def test_poisoned_corrections_are_rejected_by_the_gate(tmp_path: Path, real_mode
 
 
 def test_a_canary_users_like_less_is_rolled_back(honest_day: HonestDay) -> None:
-    """The day after the honest one: hostile users down-vote right answers with wrong 'corrections'; with the
-    gate off the candidate reaches the canary, and honest afternoon users' thumbs roll it back."""
+    """The day after the honest one: hostile users down-vote right answers, 'correcting' every order to
+    cancelled; with the gate off the candidate reaches the canary, and honest afternoon users' thumbs roll it
+    back after one round of 80 requests."""
     assert honest_day.production_after != "demo-v1", "needs the honest day's promoted version in production"
     settings = honest_day.settings
-    report = _run(settings, DemoConfig(morning_requests=120, afternoon_requests=80, heldout=10, seed=7,
+    report = _run(settings, DemoConfig(morning_requests=160, afternoon_requests=80, heldout=10, seed=7,
                                        rater=hostile_rater, gate=NO_GATE, max_canary_rounds=1))
     assert report.cycle.status == "succeeded", report.cycle.reason or report.cycle.error
     assert report.canary_action == "rollback", report.canary_reasons
