@@ -139,7 +139,7 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
             golden=golden(policy),
         ))
         figures = {"passed": run.decision.passed, "reasons": list(run.decision.reasons),
-                   "figures": run.decision.figures}
+                   "figures": run.decision.figures, "policy": run.decision.policy}
         if not run.decision.passed:
             launcher.stop(version_id, "gate rejected")
             ctx.remember(gate="rejected")

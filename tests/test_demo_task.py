@@ -112,3 +112,23 @@ def test_demo_tokenizer_keeps_task_words_whole() -> None:
     tokenizer = build_tokenizer()
     for word in (" order", " status", " shipped", " delivered", " pending"):
         assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_the_demo_prints_the_gate_and_its_forgetting_check() -> None:
+    from deploy.cycle_runs import CycleRunPublic, CycleStepPublic
+    from deploy.demo import DemoReport, Measurement
+
+    gate = {"passed": False, "reasons": ["FAIL: golden set: mean score 3.00"],
+            "figures": {"regression_base_points": 35.9, "regression_candidate_points": 38.3,
+                        "regression_drop_points": -2.4}, "policy": {"max_regression_drop_points": 5.0}}
+    run = CycleRunPublic(id=1, alias="demo", trigger="demo", status="skipped", holder="h",
+                         steps=[CycleStepPublic(id=1, run_id=1, name="gate", figures=gate)])
+    report = DemoReport(Measurement("demo-v1", 1.0, 0.0, 0.0), None, run)
+    assert report.gate_lines() == [
+        "gate: REJECTED",
+        "forgetting check (shipped regression set): base 35.9 points, candidate 38.3, drop -2.4 (the gate allows 5.0)",
+        "  FAIL: golden set: mean score 3.00",
+    ]
+    stopped_early = DemoReport(report.before, None, CycleRunPublic(id=2, alias="demo", trigger="demo",
+                                                                   status="skipped", holder="h"))
+    assert stopped_early.gate_lines() == ["gate: not reached"]
