@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import typer
@@ -67,6 +69,9 @@ def up_command() -> None:
     console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
     for job in scheduler.get_jobs():
         console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that ends the process
+    # before `finally` runs and the vLLM servers outlive it (seen). Turned into SystemExit, the cleanup runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
     finally:

@@ -1,0 +1,63 @@
+"""`tuneloop up` stopped the way process managers stop it (SIGTERM) leaves no vLLM server behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from deploy.models import Deployment
+from tuneloop.db import make_engine
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sigterm_stops_the_vllm_servers_it_started(tmp_path: Path, demo_model_dir: Path) -> None:
+    env = {**os.environ, "TUNELOOP_HOME": str(tmp_path), "TUNELOOP_PORT": str(_free_port()), "HF_HUB_OFFLINE": "1",
+           "TUNELOOP_BASE_MODEL": str(demo_model_dir)}
+    tuneloop = Path(sys.executable).with_name("tuneloop")
+    proc = subprocess.Popen([str(tuneloop), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # up prints its scheduled jobs once vLLM is healthy, just before serving
+            seen.append(line)
+            if line.startswith("scheduled: improvement cycle"):
+                break
+        else:
+            pytest.fail("tuneloop up exited before serving:\n" + "".join(seen[-30:]))
+        engine = make_engine(f"sqlite:///{tmp_path / 'tuneloop.db'}")
+        with Session(engine) as session:
+            running = session.exec(select(Deployment).where(Deployment.status == "running")).all()
+        pids = [d.pid for d in running if d.pid]
+        assert pids and all(_alive(pid) for pid in pids)  # the control: a live server to stop
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Session(engine) as session:
+        statuses = [d.status for d in session.exec(select(Deployment)).all()]
+    assert statuses and set(statuses) == {"stopped"}
+    assert not any(_alive(pid) for pid in pids)
