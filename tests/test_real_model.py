@@ -60,6 +60,11 @@ def test_a_directory_holding_something_else_is_not_overwritten(tmp_path: Path) -
         prepare_real_model(target)
     assert (target / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / ".partial-mine").exists()
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("not a directory")
+    with pytest.raises(RealModelError, match="is a file"):
+        prepare_real_model(a_file)
+    assert a_file.read_text() == "not a directory"
 
 
 def test_base_model_command_reports_the_prepared_model(real_model_dir: Path, tmp_path: Path) -> None:

