@@ -51,13 +51,18 @@ def quickstart_key(settings: Settings) -> str:
     return plain
 
 
-def bring_up(settings: Settings, console: Console, alias: str = DEFAULT_ALIAS) -> Quickstart:
-    """Register the base model as the alias's production version and serve it on real vLLM."""
+def quickstart_launcher(settings: Settings) -> Launcher:
+    return Launcher.for_settings(make_engine(settings.resolved_database_url), settings,
+                                 mode=settings.cycle.serve_mode)
+
+
+def bring_up(settings: Settings, console: Console, launcher: Launcher, alias: str = DEFAULT_ALIAS) -> Quickstart:
+    """Register the base model as the alias's production version and serve it on real vLLM with `launcher`
+    (made by the caller, who stops what it started however bring-up ends)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
+    engine = launcher.engine
     base = register_base(engine, alias, ensure_base_model(settings, console))
-    launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
     production_id = get_aliases(engine, alias)[0] or base.id
     console.print(f"serving {production_id} on vLLM (about 30 s on CPU) ...")
     deployment = launcher.ensure(production_id)

@@ -47,16 +47,18 @@ def test_sigterm_stops_the_vllm_servers_it_started(tmp_path: Path, demo_model_di
                 break
         else:
             pytest.fail("tuneloop up exited before serving:\n" + "".join(seen[-30:]))
+        # SIGTERM as soon as the banner is out: the window in which a late-installed handler lost the servers
         engine = make_engine(f"sqlite:///{tmp_path / 'tuneloop.db'}")
         with Session(engine) as session:
             running = session.exec(select(Deployment).where(Deployment.status == "running")).all()
         pids = [d.pid for d in running if d.pid]
         assert pids and all(_alive(pid) for pid in pids)  # the control: a live server to stop
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert proc.returncode == 143, "".join(seen[-20:]) + rest  # the cleanup ran and exited; not killed by the signal
     with Session(engine) as session:
         statuses = [d.status for d in session.exec(select(Deployment)).all()]
     assert statuses and set(statuses) == {"stopped"}

@@ -58,25 +58,31 @@ def up_command() -> None:
     """Bring up the whole system on the embedded default: SmolLM2-135M-Instruct on real vLLM, gateway, scheduler."""
     import uvicorn
 
-    from deploy.quickstart import bring_up, usage_text
+    from deploy.quickstart import bring_up, quickstart_launcher, usage_text
     from deploy.scheduler import start_scheduler
     from gateway.app import create_app
 
-    settings = load_settings()
-    quick = bring_up(settings, console)
-    scheduler = start_scheduler(settings)
-    base_url = f"http://{settings.host}:{settings.port}"
-    console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
-    for job in scheduler.get_jobs():
-        console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that ends the process
-    # before `finally` runs and the vLLM servers outlive it (seen). Turned into SystemExit, the cleanup runs.
+    # before `finally` runs and the vLLM servers outlive it (seen). Turned into SystemExit, the cleanup runs. It is
+    # installed first: a SIGTERM that came between the banner and a later install left vLLM running (seen in CI).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    settings = load_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    migrate(settings.resolved_database_url)
+    launcher = quickstart_launcher(settings)
+    scheduler = None
     try:
+        quick = bring_up(settings, console, launcher)
+        scheduler = start_scheduler(settings)
+        base_url = f"http://{settings.host}:{settings.port}"
+        console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
+        for job in scheduler.get_jobs():
+            console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
     finally:
-        scheduler.shutdown(wait=False)
-        quick.launcher.stop_all("tuneloop up stopped")
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        launcher.stop_all("tuneloop up stopped")
 
 
 @app.command("demo")
