@@ -47,6 +47,8 @@ class InteractionBase(SQLModel):
     completion_tokens: int | None = None
     total_tokens: int | None = None
     idempotency_key: str | None = None
+    idempotency_fingerprint: str | None = Field(
+        default=None, max_length=64, description="SHA-256 of the request an Idempotency-Key was first used with.")
     created_at: datetime = Field(default_factory=utcnow, index=True)
     completed_at: datetime | None = None
 
@@ -61,6 +63,19 @@ class Interaction(InteractionBase, table=True):
     )
 
     id: str = Field(primary_key=True, description="The gateway's request id (x-request-id).")
+
+
+class IdempotencyClaim(SQLModel, table=True):
+    """An Idempotency-Key whose first request is being served: the claim that makes a concurrent duplicate, in
+    any gateway process, wait for the answer instead of generating a second one. Expires if its holder died."""
+
+    __tablename__ = "idempotency_claims"
+
+    api_key_id: str = Field(primary_key=True)
+    idempotency_key: str = Field(primary_key=True)
+    fingerprint: str = Field(max_length=64)
+    request_id: str
+    expires_at: datetime
 
 
 class InteractionPublic(InteractionBase):

@@ -20,6 +20,8 @@ ADMIN_BOOTSTRAP_ID = "admin-bootstrap"
 class Principal:
     key_id: str
     scope: Scope
+    rpm: int | None = None  # the key's limits, as stored (None: unlimited)
+    tpm: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -59,7 +61,7 @@ class KeyCache:
             row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return Principal(row.id, Scope(row.scope))
+        return Principal(row.id, Scope(row.scope), rpm=row.rpm, tpm=row.tpm)
 
 
 def require_admin(principal: Principal) -> Principal:

@@ -23,6 +23,8 @@ class Scope(StrEnum):
 class ApiKeyBase(SQLModel):
     name: str = ""
     scope: Scope = Field(default=Scope.app, sa_type=String(16))
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute; None: unlimited.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute (prompt + completion); None: unlimited.")
 
 
 class ApiKey(ApiKeyBase, table=True):
