@@ -13,6 +13,10 @@ Three checks, each ok / worse / unknown:
   canary is promoted because users like it better, not merely because it is not worse.
 Any worse -> rollback; all ok -> promote; else wait. Too few requests or ratings on an arm -> that check is
 unknown, so the decision is wait unless another check already shows the canary worse.
+
+A canary arm with no requests at all in the window gets a first reason that says so ("no canary traffic",
+with how long the stage has run and the canary weight, when the caller passes them), so a stage that no
+traffic reaches is visible instead of a silent wait; it changes no decision.
 """
 
 from __future__ import annotations
@@ -127,14 +131,56 @@ class Analysis:
     action: Action
     reasons: tuple[str, ...]
     checks: tuple[Check, ...]
+    no_canary_traffic: bool = False  # the canary arm served no request in the window (reasons[0] says so)
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": str(self.action), "reasons": list(self.reasons),
-                "checks": [{**asdict(c), "verdict": str(c.verdict)} for c in self.checks]}
+                "checks": [{**asdict(c), "verdict": str(c.verdict)} for c in self.checks],
+                "no_canary_traffic": self.no_canary_traffic}
 
 
-def analyse(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy) -> Analysis:
-    """Decide on a canary from the two arms' figures over the same window."""
+NO_CANARY_TRAFFIC = "no canary traffic"
+
+
+def no_canary_traffic_reason(canary: ArmFigures, canary_weight: int | None = None,
+                             stage_running_s: float | None = None) -> str:
+    """Why a stage is waiting although nothing will ever arrive, e.g. "no canary traffic: assistant-v2 has
+    served 0 requests in this stage (running 2h 05m at canary weight 20%)"."""
+    facts = []
+    if stage_running_s is not None:
+        facts.append(f"running {format_duration(stage_running_s)}")
+    if canary_weight is not None:
+        facts.append(f"at canary weight {canary_weight}%")
+    text = f"{NO_CANARY_TRAFFIC}: {canary.version_id} has served 0 requests in this stage"
+    if facts:
+        text += f" ({' '.join(facts)})"
+    if canary_weight == 0:
+        return text + "; weight 0% sends it nothing"
+    return text + "; check that its server is running and that apps call the alias"
+
+
+def format_duration(seconds: float) -> str:
+    """45s, 12m 30s, 3h 05m, 2d 04h."""
+    total = max(int(seconds), 0)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def analyse(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy, *, canary_weight: int | None = None,
+            stage_running_s: float | None = None) -> Analysis:
+    """Decide on a canary from the two arms' figures over the same window.
+
+    `canary_weight` and `stage_running_s` (how long the window has been open) only word the "no canary
+    traffic" reason; they never change the decision.
+    """
     checks = (
         _rate_check("errors", "error rate", production.errors, production.requests, canary.errors, canary.requests,
                     policy.min_requests, policy.max_error_rate_increase, policy),
@@ -144,13 +190,15 @@ def analyse(production: ArmFigures, canary: ArmFigures, policy: CanaryPolicy) ->
         _latency_check(production, canary, policy),
         _gain_check(production, canary, policy),
     )
+    silent = canary.requests == 0
+    first = (no_canary_traffic_reason(canary, canary_weight, stage_running_s),) if silent else ()
     worse = [c.reason for c in checks if c.verdict == Verdict.worse]
     if worse:
-        return Analysis(Action.rollback, tuple(worse), checks)
+        return Analysis(Action.rollback, first + tuple(worse), checks, silent)
     unknown = [c.reason for c in checks if c.verdict == Verdict.unknown]
     if unknown:
-        return Analysis(Action.wait, tuple(unknown), checks)
-    return Analysis(Action.promote, tuple(c.reason for c in checks), checks)
+        return Analysis(Action.wait, first + tuple(unknown), checks, silent)
+    return Analysis(Action.promote, first + tuple(c.reason for c in checks), checks, silent)
 
 
 def _rate_check(name: str, label: str, bad_p: int, n_p: int, bad_c: int, n_c: int, minimum: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -19,6 +19,7 @@ from deploy.deployments import DeploymentError, active_deployment, active_deploy
 from deploy.figures import arm_figures
 from deploy.launcher import Launcher
 from deploy.models import DeploymentStatus
+from feedback.models import utcnow
 from registry import store
 from registry.errors import (
     GateNotPassed,
@@ -106,17 +107,28 @@ def stage_started_at(engine: Engine, state: AliasState) -> datetime:
     return canary.canary_at
 
 
-def evaluate(engine: Engine, alias: str, policy: CanaryPolicy) -> tuple[AliasState, dict[str, ArmFigures],
-                                                                        Analysis | None]:
-    """The current stage's figures and the analysis, without acting on it (`tuneloop canary status`)."""
+def evaluate(engine: Engine, alias: str, policy: CanaryPolicy, *, now: datetime | None = None
+             ) -> tuple[AliasState, dict[str, ArmFigures], Analysis | None]:
+    """The current stage's figures and the analysis, without acting on it (`tuneloop canary status`).
+
+    A stage whose canary arm has served nothing says so ("no canary traffic", how long the stage has run and
+    at what weight) as its first reason; `now` is the clock for that (tests).
+    """
     state = store.get_alias_state(engine, alias)
     if state is None:
         raise UnknownAlias(f"no model alias {alias!r}")
     if state.canary_id is None or state.production_id is None:
         return state, {}, None
     versions = [state.production_id, state.canary_id]
-    figures = arm_figures(engine, alias, versions, stage_started_at(engine, state))
-    return state, figures, analyse(figures[state.production_id], figures[state.canary_id], policy)
+    started = stage_started_at(engine, state)
+    figures = arm_figures(engine, alias, versions, started)
+    running_s = ((now or utcnow()) - _as_utc(started)).total_seconds()
+    return state, figures, analyse(figures[state.production_id], figures[state.canary_id], policy,
+                                   canary_weight=state.canary_weight, stage_running_s=running_s)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def step(engine: Engine, alias: str, policy: CanaryPolicy, *, launcher: Launcher | None = None,

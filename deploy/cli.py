@@ -137,8 +137,9 @@ def canary_status(
         console.print(table)
     if analysis:
         console.print(f"analysis: [bold]{analysis.action}[/]")
-        for reason in analysis.reasons:
-            console.print(f"  - {reason}")
+        for i, reason in enumerate(analysis.reasons):
+            # the first reason of a stage no request reached: the wait would otherwise look like "too few"
+            console.print(f"  - [yellow]{reason}[/]" if analysis.no_canary_traffic and i == 0 else f"  - {reason}")
     _print_deployments(deployments)
 
 

@@ -1,11 +1,15 @@
-"""Routing from the registry: an alias goes to its production version, or for a sticky share of end users to
-its canary, each at the server the deployments table says runs it.
+"""Routing from the registry: an alias goes to its production version, or for `canary_weight` percent of its
+traffic to its canary, each at the server the deployments table says runs it.
 
 The table (alias pointers + active deployments, two small queries in a thread) is cached for
 `routing_cache_s`, so every gateway process sees a pointer change within that time and the database is not
-read per request. The arm is a stable hash of (alias, canary version, sticky key) into 100 buckets: an end
-user keeps their arm for the whole canary, and raising the weight only moves production users onto the
-canary (never back), so a user's experience changes at most once per canary.
+read per request. The arm:
+- a request with a `user` (end user): a stable hash of (alias, canary version, user) into 100 buckets, the
+  same in every gateway process, so an end user keeps their arm for the whole canary and raising the weight
+  only moves production users onto the canary (never back): a user's experience changes at most once;
+- a request without `user`: an independent draw per request against the weight (the router's `rng`), so the
+  observed split matches the weight for any app. (Hashing the API key instead would put an app that sends no
+  `user` entirely on one arm: 0 % or 100 % of its traffic on the canary.)
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +41,14 @@ def canary_bucket(alias: str, canary_id: str, sticky_key: str) -> int:
 
 def in_canary(alias: str, canary_id: str, sticky_key: str, weight: int) -> bool:
     return canary_bucket(alias, canary_id, sticky_key) < weight
+
+
+def choose_canary(alias: str, canary_id: str, user: str | None, weight: int, rng: random.Random) -> bool:
+    """Sticky per end user when there is one; otherwise one draw from `rng` per request (0-99 < weight).
+    An empty `user` is no user (else every such request would share one bucket)."""
+    if user:
+        return in_canary(alias, canary_id, user, weight)
+    return rng.randrange(100) < weight
 
 
 @dataclass(frozen=True)
@@ -80,10 +93,12 @@ def load_routing_table(engine: Engine) -> RoutingTable:
 class RegistryRouter:
     """gateway.routing.Router over the registry and the deployments table."""
 
-    def __init__(self, engine: Engine, cache_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: Engine, cache_s: float, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.engine = engine
         self.cache_s = cache_s
         self._clock = clock
+        self._rng = rng if rng is not None else random.Random()  # the arm of requests without `user`
         self._table: RoutingTable | None = None
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -103,11 +118,12 @@ class RegistryRouter:
             self._loaded_at = self._clock()
             return self._table
 
-    async def resolve(self, model: str, sticky_key: str) -> Route | None:
+    async def resolve(self, model: str, user: str | None) -> Route | None:
         entry = (await self.table()).get(model)
         if entry is None:
             return None
-        if entry.canary is not None and in_canary(model, entry.canary.version, sticky_key, entry.canary_weight):
+        if entry.canary is not None and choose_canary(model, entry.canary.version, user, entry.canary_weight,
+                                                      self._rng):
             return entry.canary
         if entry.production is None:
             raise bad_gateway(f"The production version of '{model}' ({entry.production_id}) has no running server.",
@@ -128,9 +144,9 @@ class CompositeRouter:
     def __init__(self, routers: Sequence[Router]) -> None:
         self.routers = list(routers)
 
-    async def resolve(self, model: str, sticky_key: str) -> Route | None:
+    async def resolve(self, model: str, user: str | None) -> Route | None:
         for router in self.routers:
-            route = await router.resolve(model, sticky_key)
+            route = await router.resolve(model, user)
             if route is not None:
                 return route
         return None

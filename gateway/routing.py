@@ -21,7 +21,9 @@ class Route:
 
 
 class Router(Protocol):
-    async def resolve(self, model: str, sticky_key: str) -> Route | None: ...
+    async def resolve(self, model: str, user: str | None) -> Route | None:
+        """The route for `model`; `user` is the request's end user (its `user` field), None when it sent none."""
+        ...
 
     async def model_names(self) -> list[str]: ...
 
@@ -37,7 +39,7 @@ class StaticRouter:
             for name, urls in self.upstreams.items()
         }
 
-    async def resolve(self, model: str, sticky_key: str) -> Route | None:
+    async def resolve(self, model: str, user: str | None) -> Route | None:
         return self._routes.get(model)
 
     async def model_names(self) -> list[str]:

@@ -1,11 +1,11 @@
-"""Canary analysis on synthetic figures: promote, rollback, wait (too few samples, not yet significant), and
-policy validation that names the bad field."""
+"""Canary analysis on synthetic figures: promote, rollback, wait (too few samples, not yet significant, no
+canary traffic at all), and policy validation that names the bad field."""
 
 from __future__ import annotations
 
 import pytest
 
-from deploy.analysis import Action, ArmFigures, CanaryPolicy, Verdict, analyse
+from deploy.analysis import NO_CANARY_TRAFFIC, Action, ArmFigures, CanaryPolicy, Verdict, analyse, format_duration
 
 POLICY = CanaryPolicy(min_requests=200, min_ratings=30, max_error_rate_increase=0.01,
                       max_thumbs_down_rate_increase=0.05, alpha=0.05, max_p95_latency_ratio=1.5)
@@ -157,3 +157,38 @@ def test_latency_can_be_left_out_where_arms_share_their_hardware() -> None:
     result = analyse(arm("v1"), slow, CanaryPolicy(min_requests=30, min_ratings=20, max_p95_latency_ratio=None))
     latency = next(c for c in result.checks if c.name == "latency")
     assert result.action == Action.promote and "not checked" in latency.reason
+
+
+def test_a_canary_that_served_nothing_says_no_canary_traffic_with_the_stage_age_and_weight() -> None:
+    production, silent = arm("v1", requests=900), ArmFigures("v2")
+    result = analyse(production, silent, POLICY, canary_weight=20, stage_running_s=2 * 3600 + 5 * 60 + 7)
+    assert result.action == Action.wait and result.no_canary_traffic
+    assert result.reasons[0] == ("no canary traffic: v2 has served 0 requests in this stage (running 2h 05m at "
+                                 "canary weight 20%); check that its server is running and that apps call the alias")
+    assert any("too few samples" in r for r in result.reasons[1:])  # the checks' own reasons still follow
+    assert result.to_dict()["no_canary_traffic"] is True and result.to_dict()["reasons"][0] == result.reasons[0]
+    at_zero = analyse(production, silent, POLICY, canary_weight=0, stage_running_s=30)
+    assert at_zero.reasons[0].endswith("(running 30s at canary weight 0%); weight 0% sends it nothing")
+    bare = analyse(production, silent, POLICY)  # no stage facts given: still said, without them
+    assert bare.reasons[0].startswith(f"{NO_CANARY_TRAFFIC}: v2 has served 0 requests in this stage;")
+
+
+def test_one_canary_request_is_not_no_traffic_and_the_reason_changes_no_decision() -> None:
+    one = analyse(arm("v1", requests=900), arm("v2", requests=1, errors=0, up=0, down=0), POLICY,
+                  canary_weight=20, stage_running_s=60)
+    assert one.action == Action.wait and not one.no_canary_traffic  # the control: too few, but not none
+    assert not any(NO_CANARY_TRAFFIC in r for r in one.reasons)
+    lax = CanaryPolicy(min_requests=0, min_ratings=0, max_p95_latency_ratio=None)
+    for policy in (POLICY, lax, BETTER):
+        with_facts = analyse(arm("v1"), ArmFigures("v2"), policy, canary_weight=20, stage_running_s=60)
+        without = analyse(arm("v1"), ArmFigures("v2"), policy)
+        assert (with_facts.action, with_facts.checks) == (without.action, without.checks)
+        assert with_facts.reasons[1:] == without.reasons[1:]
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0s"), (45.9, "45s"), (750, "12m 30s"), (3 * 3600 + 5 * 60, "3h 05m"), (2 * 86400 + 4 * 3600, "2d 04h"),
+    (-5, "0s"),
+])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text

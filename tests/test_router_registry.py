@@ -1,8 +1,10 @@
-"""The registry-backed router on the real store (SQLite and PostgreSQL): weighted sticky split, cache, agreement
-between gateway processes, fallbacks, and the composite with static routes."""
+"""The registry-backed router on the real store (SQLite and PostgreSQL): weighted sticky split per end user, a
+per-request draw by the weight for requests without `user`, cache, agreement between gateway processes,
+fallbacks, and the composite with static routes."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from sqlalchemy import Engine
 from deploy.deployments import active_deployments, set_status
 from deploy.models import DeploymentStatus
 from gateway.errors import GatewayError
-from gateway.registry_router import CompositeRouter, RegistryRouter, canary_bucket
+from gateway.registry_router import CompositeRouter, RegistryRouter, canary_bucket, choose_canary, in_canary
 from gateway.routing import StaticRouter
 from registry import store
 from tests.test_deploy_helpers import base_and_candidate, fake_deployment
@@ -138,3 +140,77 @@ def test_bucket_is_stable_and_uniform() -> None:
     buckets = [canary_bucket("a", "a-v2", f"u{i}") for i in range(10_000)]
     assert min(buckets) == 0 and max(buckets) == 99
     assert all(abs(buckets.count(b) - 100) < 45 for b in range(100))
+
+
+# Requests without `user`: each one is drawn by the weight. 2,000 draws at 20 %: sd 0.9 points, so ±3 points
+# is a 3.4-sigma bound; a per-key (or any fixed) sticky hash gives 0 % or 100 % and fails it.
+N = 2000
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_without_user_each_request_is_drawn_by_the_weight(seed: int) -> None:
+    rng = random.Random(seed)
+    share = sum(choose_canary("a", "a-v2", None, 20, rng) for _ in range(N)) / N
+    assert abs(share - 0.20) <= 0.03, share
+    assert sum(choose_canary("a", "a-v2", None, 0, rng) for _ in range(N)) == 0
+    assert sum(choose_canary("a", "a-v2", None, 100, rng) for _ in range(N)) == N
+
+
+def test_with_user_the_arm_is_the_sticky_hash_and_ignores_the_rng() -> None:
+    class Exploding(random.Random):
+        def randrange(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            raise AssertionError("a request with a user must not draw")
+
+    rng = Exploding(0)
+    for user in ("alice", "bob", "carol"):
+        arms = {choose_canary("a", "a-v2", user, 20, rng) for _ in range(50)}
+        assert arms == {in_canary("a", "a-v2", user, 20)}
+
+
+def test_the_draw_is_below_the_weight_and_an_empty_user_is_no_user() -> None:
+    class Fixed(random.Random):
+        def __init__(self, value: int) -> None:
+            super().__init__(0)
+            self.value = value
+
+        def randrange(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            return self.value
+
+    assert choose_canary("a", "a-v2", None, 20, Fixed(19)) is True
+    assert choose_canary("a", "a-v2", None, 20, Fixed(20)) is False
+    rng = random.Random(3)
+    share = sum(choose_canary("a", "a-v2", "", 20, rng) for _ in range(N)) / N  # "" must not be one shared bucket
+    assert abs(share - 0.20) <= 0.03, share
+
+
+async def test_router_without_user_splits_each_request_by_the_weight(engine: Engine, canary: tuple[str, str]) -> None:
+    production, candidate = canary
+    router = RegistryRouter(engine, cache_s=60, rng=random.Random(42))
+    versions = [(await router.resolve("assistant", None)).version for _ in range(N)]  # type: ignore[union-attr]
+    share = versions.count(candidate) / N
+    assert abs(share - 0.20) <= 0.03, share
+    assert set(versions) == {production, candidate}
+    # the same seed gives the same sequence: the injected source is the one used
+    again = RegistryRouter(engine, cache_s=60, rng=random.Random(42))
+    assert [(await again.resolve("assistant", None)).version for _ in range(N)] == versions  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("weight", [0, 100])
+async def test_router_without_user_at_weight_0_and_100(engine: Engine, canary: tuple[str, str], weight: int) -> None:
+    production, candidate = canary
+    store.set_canary_weight(engine, candidate, weight, "test", f"weight {weight}")
+    router = RegistryRouter(engine, cache_s=60, rng=random.Random(5))
+    versions = {(await router.resolve("assistant", None)).version for _ in range(N)}  # type: ignore[union-attr]
+    assert versions == ({candidate} if weight == 100 else {production})
+
+
+async def test_router_with_user_is_sticky_and_users_spread_near_the_weight(
+    engine: Engine, canary: tuple[str, str]
+) -> None:
+    production, candidate = canary
+    router = RegistryRouter(engine, cache_s=60, rng=random.Random(9))
+    for user in USERS[:20]:  # control: one user, 50 calls, one arm (the draw would mix them)
+        seen = {(await router.resolve("assistant", user)).version for _ in range(50)}  # type: ignore[union-attr]
+        assert seen == {candidate if in_canary("assistant", candidate, user, 20) else production}
+    share = sum(v == candidate for v in (await arms(router)).values()) / len(USERS)
+    assert abs(share - 0.20) < 0.025, share
