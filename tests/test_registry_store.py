@@ -46,8 +46,8 @@ def _candidate(engine: Engine, tmp_path: Path, name: str, alias: str = "assistan
 
 
 def _state(engine: Engine, alias: str = "assistant") -> tuple:
-    versions = {v.id: v.status for v in store.list_versions(engine, alias)}
-    return store.get_alias_state(engine, alias), versions, len(store.audit_log(engine, alias))
+    """Everything a registry operation can write for the alias: its pointers, every version, every audit entry."""
+    return store.get_alias_state(engine, alias), store.list_versions(engine, alias), store.audit_log(engine, alias)
 
 
 def _table_of(diff) -> str | None:
@@ -140,29 +140,37 @@ def test_full_lifecycle_with_audit_log(engine: Engine, tmp_path: Path) -> None:
 def test_refusals_change_nothing(engine: Engine, tmp_path: Path) -> None:
     store.register_base(engine, "assistant", _checkpoint(tmp_path, "base"))
     v2 = _candidate(engine, tmp_path, "c2")
+    # each refusal is compared with a snapshot taken just before it; the writes in between are the test's own
     before = _state(engine)
     with pytest.raises(store.GateNotPassed):
         store.start_canary(engine, v2, 10, "alice", "too early")
+    assert _state(engine) == before
     store.record_gate(engine, v2, FAILED)
     assert store.get_version(engine, v2).status == VersionStatus.rejected
     before = _state(engine)
     with pytest.raises(store.InvalidTransition):
         store.start_canary(engine, v2, 10, "alice", "rejected")
+    assert _state(engine) == before
     store.record_gate(engine, v2, PASSED)  # re-evaluated after, say, a judge outage
     before = _state(engine)
     for bad in (-1, 101, 10.5, True, "10"):
         with pytest.raises(store.InvalidWeight, match="weight"):
             store.start_canary(engine, v2, bad, "alice", "bad weight")  # type: ignore[arg-type]
+        assert _state(engine) == before, f"weight {bad!r}"
     with pytest.raises(store.InvalidTransition, match="only a canary"):
         store.promote(engine, v2, "alice", "skip the canary")
+    assert _state(engine) == before
     with pytest.raises(store.InvalidTransition, match="no earlier production"):
         store.rollback(engine, "assistant", "alice", "nothing to go back to")
+    assert _state(engine) == before
     with pytest.raises(store.InvalidTransition):
         store.archive(engine, "assistant-v1", "alice", "archive production")
+    assert _state(engine) == before
     with pytest.raises(store.RegistryError, match="actor"):
         store.start_canary(engine, v2, 10, " ", "anonymous")
     assert _state(engine) == before
     store.start_canary(engine, v2, 10, "alice", "ok")
+    assert _state(engine) != before  # the control: the snapshot does see a write
     v3 = _candidate(engine, tmp_path, "c3")
     store.record_gate(engine, v3, PASSED)
     with pytest.raises(store.InvalidTransition, match="already has canary"):
