@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,34 @@ def vllm_server(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     yield server
     server.stop()
+
+
+REDIS_URL = os.environ.get("TUNELOOP_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@dataclass
+class RedisSpace:
+    """The real Redis server for one test: a unique key prefix, deleted afterwards with any `patterns` added."""
+
+    url: str
+    prefix: str
+    patterns: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def redis_space() -> Iterator[RedisSpace]:
+    """Fails (does not skip) when Redis is down: .ci/run starts it, and a skipped test would prove nothing."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not answering ({exc}); .ci/run starts it")
+    space = RedisSpace(REDIS_URL, f"tltest-{uuid.uuid4().hex[:12]}")
+    yield space
+    for pattern in [space.prefix + ":*", *space.patterns]:  # only this test's keys, never FLUSHALL/FLUSHDB
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.close()

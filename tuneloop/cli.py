@@ -147,9 +147,23 @@ def demo_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
     console.print(f"[green]demo model written[/] to {path}")
 
 
+LIMIT_HELP = "{what} per minute for this key; 0 or omitted: unlimited."
+
+
+def _limit(value: int | None) -> int | None:
+    """0 means unlimited (None), as for LiteLLM's keys; typer has already refused negatives and non-integers."""
+    return value or None
+
+
+def _limits_text(rpm: int | None, tpm: int | None) -> str:
+    return f"rpm {rpm or 'unlimited'}, tpm {tpm or 'unlimited'}"
+
+
 @keys_app.command("create")
 def keys_create(
-    scope: str = typer.Option("app", help="app or admin"), name: str = typer.Option("", help="A label.")
+    scope: str = typer.Option("app", help="app or admin"), name: str = typer.Option("", help="A label."),
+    rpm: int = typer.Option(0, min=0, help=LIMIT_HELP.format(what="Requests")),
+    tpm: int = typer.Option(0, min=0, help=LIMIT_HELP.format(what="Tokens (prompt + completion)")),
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
     from gateway.keys import Scope, create_key
@@ -160,19 +174,42 @@ def keys_create(
         raise typer.BadParameter(f"scope must be one of: {', '.join(s.value for s in Scope)}") from None
     settings = load_settings()
     migrate(settings.resolved_database_url)
-    public, plain = create_key(make_engine(settings.resolved_database_url), parsed, name)
-    console.print(f"[bold]{plain}[/]  ({public.id}, scope {public.scope.value}; shown once)")
+    public, plain = create_key(make_engine(settings.resolved_database_url), parsed, name,
+                               rpm=_limit(rpm), tpm=_limit(tpm))
+    console.print(f"[bold]{plain}[/]  ({public.id}, scope {public.scope.value}, "
+                  f"{_limits_text(public.rpm, public.tpm)}; shown once)")
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str = typer.Argument(..., help="The key's id (key_...), as `keys list` shows it."),
+    rpm: int | None = typer.Option(None, min=0, help="Requests per minute; 0: unlimited; omitted: unchanged."),
+    tpm: int | None = typer.Option(None, min=0, help="Tokens per minute; 0: unlimited; omitted: unchanged."),
+) -> None:
+    """Change a key's rate limits; running gateways apply them within 2 s."""
+    from gateway.keys import KEEP, set_limits
+
+    if rpm is None and tpm is None:
+        raise typer.BadParameter("give --rpm and/or --tpm (0 removes a limit)")
+    settings = load_settings()
+    public = set_limits(make_engine(settings.resolved_database_url), key_id,
+                        rpm=KEEP if rpm is None else _limit(rpm), tpm=KEEP if tpm is None else _limit(tpm))
+    if public is None:
+        console.print(f"[red]no active key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"{key_id}: {_limits_text(public.rpm, public.tpm)}")
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (never their secrets)."""
+    """List keys (never their secrets), with their rate limits (-: unlimited)."""
     from gateway.keys import list_keys
 
     settings = load_settings()
-    table = Table("id", "name", "scope", "created", "revoked")
+    table = Table("id", "name", "scope", "rpm", "tpm", "created", "revoked")
     for key in list_keys(make_engine(settings.resolved_database_url)):
-        table.add_row(key.id, key.name, key.scope.value, str(key.created_at)[:19], str(key.revoked_at or "")[:19])
+        table.add_row(key.id, key.name, key.scope.value, str(key.rpm or "-"), str(key.tpm or "-"),
+                      str(key.created_at)[:19], str(key.revoked_at or "")[:19])
     console.print(table)
 
 

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         description="Static routes: model name -> base URLs of OpenAI-compatible replicas (…/v1 not included).",
     )
     admin_key: str = Field("", description="Bootstrap admin key (plain text, like LiteLLM's master key).")
+    redis_url: str = Field(
+        "", description="Redis for the per-key rate-limit counters (redis://host:6379/0), shared by every gateway "
+                        "process; empty: each process counts in its own memory.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     timeouts: Timeouts = Field(default_factory=Timeouts)
     log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
