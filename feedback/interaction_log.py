@@ -2,8 +2,10 @@
 
 One writer task owns the write path: callers enqueue a row and await its commit; the writer drains whatever
 is queued (up to `max_batch`) into one transaction, so durability costs one fsync per batch rather than one
-per request. A batch that fails on a constraint is retried row by row so one bad row cannot sink the others.
-A store that stays down beyond `store_wait_s` fails the waiting callers with StoreUnavailable (-> 503).
+per request. A batch that one row makes fail (a constraint, a value the database refuses) is retried row by
+row, so that row's caller alone gets RowRejected or DuplicateIdempotencyKey and every other row is committed.
+Only an outage (connection or operational errors) is retried, and one that lasts beyond `store_wait_s` fails
+the waiting callers with StoreUnavailable (-> 503).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import Engine, String
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, select
 
 from feedback.models import (
@@ -36,7 +38,11 @@ class StoreUnavailable(RuntimeError):
     """The row could not be committed within the bounded wait."""
 
 
-class DuplicateIdempotencyKey(RuntimeError):
+class RowRejected(RuntimeError):
+    """The database refused this one row (the others of its batch were committed)."""
+
+
+class DuplicateIdempotencyKey(RowRejected):
     """Another row already holds this (api key, Idempotency-Key)."""
 
 
@@ -127,30 +133,42 @@ class InteractionLog:
     async def _commit_with_retry(self, batch: list[_Pending]) -> None:
         deadline = time.monotonic() + self.store_wait_s
         delay = 0.05
-        while True:
+        while batch:
             started = time.perf_counter()
             try:
-                errors = await asyncio.to_thread(_commit_batch, self.engine, [p.row for p in batch])
+                outcomes = await asyncio.to_thread(_commit_batch, self.engine, [p.row for p in batch])
             except (OperationalError, SQLAlchemyError, OSError) as exc:
-                self.stats.consecutive_failures += 1
-                if time.monotonic() + delay >= deadline:
-                    log.error("interaction store unavailable: %s", exc)
-                    for pending in batch:
-                        _settle(pending.done, StoreUnavailable(str(exc).splitlines()[0]))
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            elapsed = time.perf_counter() - started
-            self.stats.consecutive_failures = 0
-            self.stats.commits += 1
-            self.stats.rows += len(batch)
-            self.stats.last_commit_s = elapsed
-            if self.stats.on_commit:
-                self.stats.on_commit(elapsed, len(batch))
-            for pending, error in zip(batch, errors, strict=True):
-                _settle(pending.done, error)
-            return
+                outcomes = [exc] * len(batch)
+            settled = [(p, o) for p, o in zip(batch, outcomes, strict=True) if not _is_outage(o)]
+            for pending, outcome in settled:
+                _settle(pending.done, outcome)  # type: ignore[arg-type]
+            if settled:  # the store answered: it is up, whether it took each row or refused it
+                elapsed = time.perf_counter() - started
+                committed = sum(1 for _, outcome in settled if outcome is None)
+                self.stats.consecutive_failures = 0
+                self.stats.commits += 1
+                self.stats.rows += committed
+                self.stats.last_commit_s = elapsed
+                if self.stats.on_commit:
+                    self.stats.on_commit(elapsed, committed)
+            batch = [p for p, o in zip(batch, outcomes, strict=True) if _is_outage(o)]
+            if not batch:
+                return
+            self.stats.consecutive_failures += 1
+            outage = next(o for o in outcomes if _is_outage(o))
+            if time.monotonic() + delay >= deadline:
+                log.error("interaction store unavailable: %s", outage)
+                for pending in batch:
+                    _settle(pending.done, StoreUnavailable(str(outage).splitlines()[0]))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _is_outage(outcome: object) -> bool:
+    """Connection and operational errors (and anything not a database error about the row) mean the store is
+    down; retried. A row the database refuses (DataError, IntegrityError, ...) is that row's own error."""
+    return isinstance(outcome, BaseException) and not isinstance(outcome, RowRejected)
 
 
 def _probe(engine: Engine) -> None:
@@ -168,27 +186,43 @@ def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
 
 
 def _commit_batch(engine: Engine, rows: list[Interaction | dict[str, Any]]) -> list[Exception | None]:
-    """Commit all rows in one transaction; on a constraint violation, fall back to one by one.
+    """Commit all rows in one transaction; when one row spoils it, fall back to one transaction per row.
 
-    A Core executemany insert, not the ORM's unit of work: the rows are only written here, never read back,
-    and the ORM's per-object bookkeeping cost more than the rest of the commit.
+    Returns, per row: None (committed), RowRejected (that row is refused; retrying cannot help), or the outage
+    error (the row was not written; the caller retries it). A Core executemany insert, not the ORM's unit of
+    work: the rows are only written here, never read back, and the ORM's per-object bookkeeping cost more than
+    the rest of the commit.
     """
     values = [_column_values(row) for row in rows]
     try:
         with engine.begin() as connection:
             connection.execute(_INSERT, values)
         return [None] * len(rows)
-    except IntegrityError:
-        pass
-    errors: list[Exception | None] = []
-    for value in values:
+    except DBAPIError as exc:
+        if _outage(exc):
+            raise
+    outcomes: list[Exception | None] = []
+    for index, value in enumerate(values):
         try:
             with engine.begin() as connection:
                 connection.execute(_INSERT, [value])
-            errors.append(None)
-        except IntegrityError as exc:
-            errors.append(DuplicateIdempotencyKey(str(exc).splitlines()[0]))
-    return errors
+            outcomes.append(None)
+        except DBAPIError as exc:
+            if _outage(exc):  # the store went down part-way: the rest are retried with the batch
+                return outcomes + [exc] * (len(values) - index)
+            outcomes.append(_row_error(exc))
+    return outcomes
+
+
+def _outage(exc: DBAPIError) -> bool:
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
+def _row_error(exc: DBAPIError) -> RowRejected:
+    first_line = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+    if isinstance(exc, IntegrityError) and "idempotency" in str(exc).lower():
+        return DuplicateIdempotencyKey(first_line)
+    return RowRejected(f"{type(exc.orig).__name__}: {first_line}")
 
 
 _TABLE = Interaction.__table__  # type: ignore[attr-defined]
@@ -208,6 +242,8 @@ def _default(key: str) -> Callable[[], Any]:
 
 
 _DEFAULTS = {key: _default(key) for key in _COLUMNS}
+_TEXT_COLUMNS = tuple(column.key for column in _TABLE.columns  # AutoString is a TypeDecorator over String
+                      if isinstance(getattr(column.type, "impl", column.type), String))
 
 
 def interaction_values(**fields: Any) -> dict[str, Any]:
@@ -219,7 +255,12 @@ def interaction_values(**fields: Any) -> dict[str, Any]:
     unknown = fields.keys() - _DEFAULTS.keys()
     if unknown:
         raise TypeError(f"not interaction columns: {sorted(unknown)}")
-    return {key: fields[key] if key in fields else _DEFAULTS[key]() for key in _COLUMNS}
+    values = {key: fields[key] if key in fields else _DEFAULTS[key]() for key in _COLUMNS}
+    for key in _TEXT_COLUMNS:
+        text = values[key]
+        if text and "\x00" in text:  # PostgreSQL refuses NUL in text; the row is kept with U+FFFD instead
+            values[key] = text.replace("\x00", "\ufffd")
+    return values
 
 
 def _column_values(row: Interaction | dict[str, Any]) -> dict[str, Any]:
@@ -228,16 +269,10 @@ def _column_values(row: Interaction | dict[str, Any]) -> dict[str, Any]:
     return {key: getattr(row, key) for key in _COLUMNS}
 
 
-def find_by_idempotency_key(engine: Engine, api_key_id: str, key: str) -> Interaction | None:
-    with Session(engine, expire_on_commit=False) as session:
-        statement = select(Interaction).where(
-            Interaction.api_key_id == api_key_id, Interaction.idempotency_key == key
-        )
-        return session.exec(statement).first()
-
-
 def find_interaction(engine: Engine, response_or_request_id: str) -> Interaction | None:
     """Look an interaction up by the gateway's request id or by the upstream's response `id`."""
+    if "\x00" in response_or_request_id:  # no id holds one, and PostgreSQL refuses to compare with it
+        return None
     with Session(engine, expire_on_commit=False) as session:
         row = session.get(Interaction, response_or_request_id)
         if row is not None:

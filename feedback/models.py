@@ -111,6 +111,12 @@ class FeedbackCreate(FeedbackBase):
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value if value and value.strip() else None
 
+    @field_validator("correction", "comment", "user")
+    @classmethod
+    def _storable_text(cls, value: str | None) -> str | None:
+        """PostgreSQL text cannot hold NUL: kept as U+FFFD, as the interaction log keeps it."""
+        return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
 
 class Feedback(FeedbackBase, table=True):
     __tablename__ = "feedback"

@@ -7,15 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedback.interaction_log import InteractionLog, WriterStats
 from gateway.auth import KeyCache
-from gateway.deps import read_json_body
-from gateway.errors import install_error_handlers
+from gateway.deps import check_idempotency_key, read_json_body
+from gateway.errors import install_error_handlers, validated
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.proxy import Gateway, handle_completion, new_request_id
+from gateway.ratelimit import RateLimiter
 from gateway.registry_router import CompositeRouter, RegistryRouter
 from gateway.routes import feedback, openai, ops
 from gateway.routing import ReplicaPicker, Router, StaticRouter
@@ -52,17 +53,21 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
             keys=KeyCache(engine, admin_key=settings.admin_key),
             metrics=metrics,
             picker=ReplicaPicker(),
+            limiter=RateLimiter(settings.redis_url or "memory://"),  # Redis: one budget for all processes
         )
         try:
             yield
         finally:
             await interaction_log.stop()
             await client.aclose()
+            await app.state.gateway.limiter.close()
             engine.dispose()
 
-    app = FastAPI(title="tuneloop gateway", version="0.1.0", lifespan=lifespan)
+    # redirect_slashes off: a 307 to a Location built from the client's Host header helps no API client
+    app = FastAPI(title="tuneloop gateway", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     install_error_handlers(app)
     app.add_middleware(CompletionFastPath)
+    app.add_middleware(RequestContext)  # added last: outermost, so the fast path and every route see the id
     app.include_router(openai.router)
     app.include_router(feedback.router)
     app.include_router(ops.router)
@@ -73,16 +78,43 @@ FAST_ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
     "/v1/chat/completions": ("chat.completions", ChatCompletionRequest),
     "/v1/completions": ("completions", CompletionRequest),
 }
-IDEMPOTENCY_KEY_MAX = 256  # as IdempotencyKeyDep declares it
+
+
+class RequestContext:
+    """Every HTTP response carries `x-request-id`, and `x-tuneloop-version` once a model version was resolved.
+
+    The id is made here, before routing, so 401s, 404s for unknown routes, 405s and errors raised while the
+    body is read carry it too; handlers find it in `request.state.request_id`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append(header)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class CompletionFastPath:
     """POST /v1/chat/completions and /v1/completions without FastAPI's per-request dependency machinery.
 
     Does what the routes in gateway.routes.openai do with their dependencies, in the same order (key, body,
-    request id, then the handler) and with the app's own exception handlers, at a fraction of the cost:
+    Idempotency-Key, then the handler) and with the app's own exception handlers, at a fraction of the cost:
     FastAPI's routing and dependency solving took a third of a proxied request's CPU time. Anything unusual
-    (another method, a mounted root path, an Idempotency-Key that fails validation) goes through FastAPI.
+    (another method, a mounted root path) goes through FastAPI.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -96,20 +128,16 @@ class CompletionFastPath:
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:  # the first of repeated headers, as Starlette's Headers.get
             headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-        idempotency_key = headers.get("idempotency-key")
-        if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
-            await self.app(scope, receive, send)  # FastAPI words the validation error
-            return
         app: FastAPI = scope["app"]
         request = Request(scope, receive, send)
         try:
             gw: Gateway = app.state.gateway
             principal = await gw.keys.authenticate(headers.get("authorization"))
             body = await read_json_body(request, gw.settings.max_body_bytes)
-            request_id = new_request_id()
-            request.state.request_id = request_id  # the error handlers put it in x-request-id
+            request_id = request.state.request_id  # from RequestContext
+            idempotency_key = check_idempotency_key(headers.get("idempotency-key"))
             endpoint, model = route
-            parsed = model.model_validate(body)
+            parsed = validated(model, body)
             response = await handle_completion(gw, endpoint, principal, parsed, body,  # type: ignore[arg-type]
                                                request_id, idempotency_key)
         except Exception as exc:

@@ -1,4 +1,10 @@
-"""Bearer-key authentication with a small in-process cache, so a request costs no database round trip."""
+"""Bearer-key authentication with a small in-process cache, so a request costs no database round trip.
+
+Revocation bound: a key revoked in the database (by any process) stops working in every gateway process within
+`ttl_s` (2 s by default): a known key is looked up again at most that long after its last lookup. Both caches are
+bounded in size and time (cachetools.TTLCache), so a client sending endless distinct invalid keys cannot grow
+the gateway's memory; each such key costs one indexed lookup.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ import hmac
 import time
 from dataclasses import dataclass, field
 
+from cachetools import TTLCache
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
-from gateway.errors import forbidden, unauthorized
+from gateway.errors import forbidden, store_unavailable, unauthorized
 from gateway.keys import ApiKey, Scope, hash_key
 
 ADMIN_BOOTSTRAP_ID = "admin-bootstrap"
@@ -28,15 +36,26 @@ class Principal:
         return self.scope == Scope.admin
 
 
+REVOCATION_BOUND_S = 2.0
+
+
 @dataclass
 class KeyCache:
-    """Known key hashes for `ttl_s`; unknown hashes are looked up once per `negative_ttl_s`."""
+    """Key hashes and what they grant (None: no such key) for `ttl_s`, at most `max_entries` of them."""
 
     engine: Engine
     admin_key: str = ""
-    ttl_s: float = 30.0
-    negative_ttl_s: float = 2.0
-    _known: dict[str, tuple[Principal | None, float]] = field(default_factory=dict)
+    ttl_s: float = REVOCATION_BOUND_S
+    max_entries: int = 10_000
+    _known: TTLCache = field(init=False)
+    _lookups: dict[str, asyncio.Task[Principal | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._known = TTLCache(maxsize=self.max_entries, ttl=self.ttl_s, timer=time.monotonic)
+
+    @property
+    def cached_entries(self) -> int:
+        return len(self._known)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
@@ -45,16 +64,27 @@ class KeyCache:
         if self.admin_key and hmac.compare_digest(plain.encode(), self.admin_key.encode()):
             return Principal(ADMIN_BOOTSTRAP_ID, Scope.admin)
         digest = hash_key(plain)
-        now = time.monotonic()
-        cached = self._known.get(digest)
-        if cached is None or cached[1] < now:
-            principal = await asyncio.to_thread(self._lookup, digest)
-            ttl = self.ttl_s if principal else self.negative_ttl_s
-            self._known[digest] = (principal, now + ttl)
-            cached = self._known[digest]
-        if cached[0] is None:
+        try:
+            principal = self._known[digest]
+        except KeyError:
+            principal = await self._shared_lookup(digest)
+        if principal is None:
             raise unauthorized("Invalid API key.")
-        return cached[0]
+        return principal
+
+    async def _shared_lookup(self, digest: str) -> Principal | None:
+        """One database lookup per key however many of its requests arrive while the entry is stale."""
+        task = self._lookups.get(digest)
+        if task is None:
+            task = asyncio.create_task(asyncio.to_thread(self._lookup, digest))
+            self._lookups[digest] = task
+            task.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        try:
+            principal = await asyncio.shield(task)
+        except SQLAlchemyError:
+            raise store_unavailable() from None
+        self._known[digest] = principal
+        return principal
 
     def _lookup(self, digest: str) -> Principal | None:
         with Session(self.engine) as session:

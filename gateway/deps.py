@@ -6,10 +6,16 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Header, Request
+from starlette.requests import ClientDisconnect
 
 from gateway.auth import Principal, require_admin
-from gateway.errors import bad_request, too_large
-from gateway.proxy import Gateway, new_request_id
+from gateway.errors import GatewayError, bad_request, invalid_idempotency_key, too_large
+from gateway.proxy import Gateway
+
+IDEMPOTENCY_KEY_MAX = 256
+# Deeper JSON is refused while parsing: re-encoding it for the upstream or the store fails past 254 levels, and
+# no OpenAI request needs more than a handful (tool schemas nest a few levels).
+MAX_JSON_DEPTH = 64
 
 
 # async, though nothing awaits: FastAPI runs a plain `def` dependency in its thread pool, two thread hops
@@ -38,8 +44,7 @@ AdminDep = Annotated[Principal, Depends(get_admin)]
 
 
 async def get_request_id(request: Request) -> str:
-    request.state.request_id = new_request_id()
-    return request.state.request_id
+    return request.state.request_id  # set for every request by gateway.app.RequestContext
 
 
 RequestIdDep = Annotated[str, Depends(get_request_id)]
@@ -56,11 +61,15 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to read the answer; an error, not a crash to log
+        raise GatewayError(400, "The client closed the connection before sending the whole body.",
+                           code="client_disconnected") from None
     raw = b"".join(chunks)
     if not raw:
         raise bad_request("The request body is empty; a JSON object is expected.", code="invalid_json")
@@ -70,8 +79,43 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    if json_depth_exceeds(body, MAX_JSON_DEPTH):
+        raise bad_request(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
     return body
 
 
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when containers nest more than `limit` deep (iterative: a deep body must not exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """An Idempotency-Key header must name something: an empty key would make every keyless retry one request."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise invalid_idempotency_key("The Idempotency-Key header is empty; send a unique key or no header.")
+    if len(value) > IDEMPOTENCY_KEY_MAX:
+        raise invalid_idempotency_key(f"The Idempotency-Key header is longer than {IDEMPOTENCY_KEY_MAX} characters.")
+    return value
+
+
+async def get_idempotency_key(
+    # the bounds are documented in the schema and enforced by check_idempotency_key (for one error wording)
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", json_schema_extra={
+        "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX, "pattern": r"\S"})] = None,
+) -> str | None:
+    return check_idempotency_key(idempotency_key)
+
+
 JsonBodyDep = Annotated[dict[str, Any], Depends(get_json_body)]
-IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
+IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]

@@ -8,18 +8,19 @@ codes here are the contract; the body carries the human message and the offendin
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.protocol import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("tuneloop.gateway")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class GatewayError(Exception):
@@ -79,13 +80,68 @@ def store_unavailable() -> GatewayError:
     )
 
 
-def validation_error(error: ValidationError | RequestValidationError) -> GatewayError:
-    """Name the first offending field, the way OpenAI's `param` does (messages.0.role)."""
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def invalid_idempotency_key(message: str) -> GatewayError:
+    return bad_request(message, param=IDEMPOTENCY_HEADER, code="invalid_idempotency_key")
+
+
+def idempotency_key_reused() -> GatewayError:
+    return GatewayError(
+        422, "This Idempotency-Key was already used with a different request (body or endpoint); use a new key "
+        "for a new request.", param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
+
+
+def idempotency_in_progress() -> GatewayError:
+    return GatewayError(
+        409, "A request with this Idempotency-Key is being answered now; retry after it finishes to get its "
+        "answer.", param=IDEMPOTENCY_HEADER, code="idempotency_key_in_progress", headers={"Retry-After": "1"})
+
+
+def row_rejected(reason: str) -> GatewayError:
+    return bad_request(f"The request could not be recorded, so it was not answered: {reason}"[:1000],
+                       code="unrecordable_request")
+
+
+def validation_error(error: ValidationError | RequestValidationError, body: Any = None) -> GatewayError:
+    """Name the first offending field as the client wrote it, the way OpenAI's `param` does (messages.0.role),
+    without pydantic's union-member steps (messages.0.content.str)."""
     first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    param = ".".join(location) or None
+    location = [part for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(str(part) for part in client_path(location, body)) or None
     message = first.get("msg", "Invalid request.")
     return bad_request(f"{param}: {message}" if param else message, param=param, code="invalid_value")
+
+
+def validated(model: type[ModelT], body: dict[str, Any]) -> ModelT:
+    """`body` as `model`; a validation error names the field as the client wrote it."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc, body) from None
+
+
+def client_path(location: list[Any], body: Any) -> list[Any]:
+    """The steps of a pydantic error location that exist in the client's JSON, and a missing field's name."""
+    path: list[Any] = []
+    current = body
+    for part in location:
+        present = isinstance(current, dict) and part in current
+        indexed = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if present or indexed:
+            path.append(part)
+            current = current[part]
+        elif isinstance(current, dict) and isinstance(part, str) and not _is_type_step(part):
+            path.append(part)  # a required field the client left out
+            break
+        elif body is None:
+            path.append(part)  # no body to check against: keep pydantic's location
+    return path
+
+
+def _is_type_step(part: str) -> bool:
+    return "[" in part or part in {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
 
 
 def error_body(detail: ErrorDetail) -> bytes:
@@ -110,7 +166,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)
-        return error_response(validation_error(exc), _request_id_header(request))
+        return error_response(validation_error(exc, getattr(exc, "body", None)), _request_id_header(request))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

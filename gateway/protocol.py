@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from feedback.models import FeedbackCreate, FeedbackPublic, InteractionPublic
 
@@ -17,20 +17,24 @@ class PassThrough(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# The roles OpenAI's chat API accepts ("function" is its deprecated predecessor of "tool").
+ChatRole = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
 class ChatMessage(PassThrough):
-    role: str = Field(min_length=1)
+    role: ChatRole
     content: str | list[Any] | None = None
 
 
 class StreamOptions(PassThrough):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingFields(PassThrough):
     """Fields both endpoints share; bounds as OpenAI documents them."""
 
     model: str = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False  # as OpenAI's API: "yes" or 1 is an error, not a stream
     stream_options: StreamOptions | None = None
     user: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)

@@ -19,12 +19,14 @@ import anyio
 import orjson
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from feedback.idempotency import ClaimState, claim_key, release_key, request_fingerprint
 from feedback.interaction_log import (
     DuplicateIdempotencyKey,
     InteractionLog,
+    RowRejected,
     StoreUnavailable,
-    find_by_idempotency_key,
     interaction_values,
 )
 from feedback.models import Interaction, InteractionStatus, utcnow
@@ -33,18 +35,25 @@ from gateway.errors import (
     GatewayError,
     bad_gateway,
     gateway_timeout,
+    idempotency_in_progress,
+    idempotency_key_reused,
     not_found,
+    row_rejected,
     sse_error_event,
     store_unavailable,
 )
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ErrorDetail, SamplingFields
+from gateway.ratelimit import RateLimiter, usage_tokens
 from gateway.routing import ReplicaPicker, Route, Router
-from gateway.sse import DONE, StreamAccumulator, answer_text, replay_events
+from gateway.sse import DONE, StreamAccumulator, answer_text, assembled_completion, replay_events
 from gateway.upstream import ConnectError, UpstreamClient, UpstreamError, UpstreamResponse
 from tuneloop.settings import Settings
 
 log = logging.getLogger("tuneloop.gateway")
+
+# An Idempotency-Key claim outlives the longest answer by this much before another request may take it over.
+CLAIM_GRACE_S = 30.0
 
 UPSTREAM_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -61,6 +70,7 @@ class Gateway:
     keys: KeyCache
     metrics: GatewayMetrics
     picker: ReplicaPicker
+    limiter: RateLimiter  # per-key rpm/tpm (gateway.ratelimit)
 
 
 @dataclass
@@ -74,6 +84,7 @@ class Call:
     request_id: str
     idempotency_key: str | None
     started: float
+    fingerprint: str | None = None  # set while the request holds the claim on its Idempotency-Key
 
     @property
     def chat(self) -> bool:
@@ -88,14 +99,38 @@ async def handle_completion(
     gw: Gateway, endpoint: str, principal: Principal, request: SamplingFields, body: dict[str, Any],
     request_id: str, idempotency_key: str | None,
 ) -> Response:
+    limit_headers = await gw.limiter.admit(principal)  # 429 past the key's rpm/tpm; else its x-ratelimit-*
     call = Call(endpoint, principal, request, body, request_id, idempotency_key, time.perf_counter())
-    route = await gw.router.resolve(request.model, request.user or principal.key_id)
+    if idempotency_key is not None:
+        replayed = await _claim_idempotency_key(gw, call)
+        if replayed is not None:
+            replayed.headers.update(limit_headers)
+            return replayed
+    try:
+        response = await _serve(gw, call)
+    except BaseException:
+        await _release_claim(gw, call)  # a failed request is not answered: its retry must generate
+        raise
+    if not isinstance(response, LoggedStreamingResponse):
+        await _release_claim(gw, call)  # a stream releases its claim once its row is logged
+    response.headers.update(limit_headers)
+    return response
+
+
+async def _serve(gw: Gateway, call: Call) -> Response:
+    request = call.request
+    route = await gw.router.resolve(request.model, request.user)
     if route is None:
         raise not_found(f"The model '{request.model}' does not exist.", param="model", code="model_not_found")
-    if idempotency_key:
-        previous = await asyncio.to_thread(find_by_idempotency_key, gw.engine, principal.key_id, idempotency_key)
-        if previous is not None:
-            return replay(previous, request.stream)
+    try:
+        return await _serve_route(gw, call, route)
+    except GatewayError as error:
+        error.headers.setdefault("x-tuneloop-version", route.version)
+        raise
+
+
+async def _serve_route(gw: Gateway, call: Call, route: Route) -> Response:
+    request, body, endpoint, request_id = call.request, call.body, call.endpoint, call.request_id
     if request.stream:
         try:
             await gw.interaction_log.ensure_available()
@@ -120,6 +155,47 @@ async def handle_completion(
         on_never_started=lambda: _abandon_stream(gw, call, route, upstream),
         media_type="text/event-stream", headers=headers,
     )
+
+
+async def _claim_idempotency_key(gw: Gateway, call: Call) -> Response | None:
+    """A replay of the stored answer, or None once this request holds the key; refusals raise."""
+    fingerprint = request_fingerprint(call.endpoint, call.body)
+    try:
+        result = await asyncio.to_thread(
+            claim_key, gw.engine, call.principal.key_id, call.idempotency_key or "", fingerprint, call.request_id,
+            gw.settings.timeouts.total + CLAIM_GRACE_S)
+    except SQLAlchemyError:
+        raise store_unavailable() from None
+    if result.state == ClaimState.completed and result.interaction is not None:
+        return replay(result.interaction, call.request.stream)
+    if result.state == ClaimState.reused:
+        raise idempotency_key_reused()
+    if result.state == ClaimState.in_progress:
+        raise idempotency_in_progress()
+    call.fingerprint = fingerprint
+    return None
+
+
+async def _release_claim(gw: Gateway, call: Call) -> None:
+    if call.fingerprint is None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await asyncio.to_thread(release_key, gw.engine, call.principal.key_id, call.idempotency_key or "",
+                                    call.request_id)
+        except SQLAlchemyError as exc:  # the claim expires on its own; until then retries hear "in progress"
+            log.warning("idempotency claim of %s not released: %s", call.request_id, exc)
+    call.fingerprint = None
+
+
+async def _write_row(gw: Gateway, row: dict[str, Any]) -> None:
+    """Log the row; a key taken over meanwhile (its claim had expired) must not cost the row itself."""
+    try:
+        await gw.interaction_log.write(row)
+    except DuplicateIdempotencyKey:
+        log.warning("interaction %s: Idempotency-Key already answered by another request; logged without it",
+                    row["id"])
+        await gw.interaction_log.write(dict(row, idempotency_key=None, idempotency_fingerprint=None))
 
 
 async def open_upstream(
@@ -184,17 +260,13 @@ async def _finish_buffered(
     row = _row(call, route, InteractionStatus.ok, 200, response_body=parsed, text=text, finish=finish,
                usage=parsed.get("usage"), response_id=parsed.get("id"))
     try:
-        await gw.interaction_log.write(row)
+        await _write_row(gw, row)
     except StoreUnavailable:
         raise store_unavailable() from None
-    except DuplicateIdempotencyKey:
-        previous = await asyncio.to_thread(
-            find_by_idempotency_key, gw.engine, call.principal.key_id, call.idempotency_key or ""
-        )
-        if previous is not None:
-            return replay(previous, stream=False)
-        raise
+    except RowRejected as exc:
+        raise row_rejected(str(exc)) from None
     _count(gw, call, route, 200)
+    await gw.limiter.add_tokens(call.principal, usage_tokens(parsed.get("usage")))
     return Response(raw, media_type="application/json", headers=headers)
 
 
@@ -256,10 +328,12 @@ async def _relay_stream(
             row = _row(call, route, status, 200, text=accumulator.text, finish=accumulator.finish_reason,
                        usage=accumulator.usage, response_id=accumulator.response_id, error=error, ttft=ttft)
             try:
-                await gw.interaction_log.write(row)
-            except (StoreUnavailable, DuplicateIdempotencyKey) as exc:
+                await _write_row(gw, row)
+            except (StoreUnavailable, RowRejected) as exc:
                 log.error("streamed interaction %s not logged: %s", call.request_id, exc)
+            await _release_claim(gw, call)
             _count(gw, call, route, 200 if status == InteractionStatus.ok else 599)
+            await gw.limiter.add_tokens(call.principal, usage_tokens(accumulator.usage))
 
 
 class LoggedStreamingResponse(StreamingResponse):
@@ -293,21 +367,24 @@ async def _abandon_stream(gw: Gateway, call: Call, route: Route, upstream: Upstr
     await upstream.aclose()
     row = _row(call, route, InteractionStatus.client_disconnected, 200, text="")
     try:
-        await gw.interaction_log.write(row)
-    except (StoreUnavailable, DuplicateIdempotencyKey) as exc:
+        await _write_row(gw, row)
+    except (StoreUnavailable, RowRejected) as exc:
         log.error("abandoned stream %s not logged: %s", call.request_id, exc)
+    await _release_claim(gw, call)
 
 
 def replay(previous: Interaction, stream: bool) -> Response:
-    """Answer an Idempotency-Key retry from the stored row instead of generating again."""
+    """Answer an Idempotency-Key retry from the stored row, in the delivery the retry asks for: a stream as SSE;
+    a streamed answer asked for without streaming as the whole object, assembled from the stored text.
+    x-request-id is the original request's: feedback on the replay rates the one logged answer."""
     headers = {"x-request-id": previous.id, "x-tuneloop-version": previous.served_version,
                "x-tuneloop-idempotent-replay": "true"}
+    chat = previous.endpoint == "chat.completions"
     if stream:
         events = replay_events(previous.response_id or previous.id, previous.served_version,
-                               previous.response_text or "", previous.finish_reason,
-                               chat=previous.endpoint == "chat.completions")
+                               previous.response_text or "", previous.finish_reason, chat=chat)
         return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
-    body = previous.response_body or {}
+    body = previous.response_body or assembled_completion(previous, chat=chat)
     return Response(orjson.dumps(body), media_type="application/json", headers=headers)
 
 
@@ -337,8 +414,9 @@ def _row(
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
         total_tokens=usage.get("total_tokens"),
-        # only a served answer claims the key: a retry after a failure must be tried again, not replayed
-        idempotency_key=call.idempotency_key if status == InteractionStatus.ok else None,
+        # only a served answer keeps the key: a retry after a failure must be tried again, not replayed
+        idempotency_key=call.idempotency_key if status == InteractionStatus.ok and call.fingerprint else None,
+        idempotency_fingerprint=call.fingerprint if status == InteractionStatus.ok else None,
         completed_at=utcnow(),
     )
 
@@ -349,7 +427,7 @@ async def _log_failure(gw: Gateway, call: Call, route: Route, error: GatewayErro
     _count(gw, call, route, error.status)
     try:
         await gw.interaction_log.write(row)
-    except (StoreUnavailable, DuplicateIdempotencyKey) as exc:
+    except (StoreUnavailable, RowRejected) as exc:
         log.error("failed interaction %s not logged: %s", call.request_id, exc)
 
 

@@ -104,3 +104,22 @@ def replay_events(row_id: str, model: str, text: str, finish_reason: str | None,
         chunk = {"id": row_id, "object": "text_completion", "model": model,
                  "choices": [{"index": 0, "text": text, "finish_reason": finish_reason}]}
     return [b"data: " + orjson.dumps(chunk) + b"\n\n", DONE]
+
+
+def assembled_completion(row: Any, chat: bool) -> dict[str, Any]:
+    """A stored streamed answer as the object a non-streamed request gets (an Idempotency-Key retry of a stream
+    asked for without `stream`); `row` is the logged interaction."""
+    created = int(row.created_at.timestamp()) if row.created_at else 0
+    usage = None
+    if row.total_tokens is not None:
+        usage = {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+                 "total_tokens": row.total_tokens}
+    text = row.response_text or ""
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": row.finish_reason}
+        kind = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": row.finish_reason, "logprobs": None}
+        kind = "text_completion"
+    return {"id": row.response_id or row.id, "object": kind, "created": created, "model": row.served_version,
+            "choices": [choice], "usage": usage}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ class UpstreamState:
     cancelled_streams: int = 0
     finished_streams: int = 0
     firstslow_calls: int = 0
+    # model "held...": the answer waits until the test sets `release` (a thread event: the test runs elsewhere)
+    release: threading.Event = field(default_factory=threading.Event)
+    held: int = 0
 
 
 def completion_body(request_id: str, model: str, text: str, chat: bool = True) -> dict:
@@ -57,6 +61,9 @@ def make_fake_upstream(state: UpstreamState, words: int = 5, gap_s: float = 0.0)
                                            "param": "max_tokens"}}, status_code=400)
         if model.startswith("slow"):
             await asyncio.sleep(30)
+        if model.startswith("held"):
+            state.held += 1
+            await asyncio.to_thread(state.release.wait, 30)
         if model.startswith("firstslow") and state.firstslow_calls == 0:
             state.firstslow_calls += 1
             await asyncio.sleep(1.5)

@@ -1,6 +1,7 @@
 """The canary controller on the real store (SQLite and PostgreSQL) with traffic written to the interaction log:
-automatic rollback and promotion with the audit log, staged weights, waiting, per-arm figures, and the
-refusals (gate not passed, no production, bad weight) that change nothing and start no server."""
+automatic rollback and promotion with the audit log, staged weights, waiting, per-arm figures, a stage no
+canary request reached ("no canary traffic"), and the refusals (gate not passed, no production, bad weight) that
+change nothing and start no server."""
 
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ def engine(any_db_url: str):
 
 
 def registry_state(engine: Engine, alias: str = "assistant") -> tuple:
-    versions = {v.id: (v.status, v.gate_passed) for v in store.list_versions(engine, alias)}
-    return store.get_alias_state(engine, alias), versions, len(store.audit_log(engine, alias))
+    """Everything a registry operation can write for the alias: its pointers, every version, every audit entry."""
+    return store.get_alias_state(engine, alias), store.list_versions(engine, alias), store.audit_log(engine, alias)
 
 
 def test_thumbs_down_canary_is_rolled_back_and_a_good_one_promoted(engine: Engine, tmp_path: Path) -> None:
@@ -128,14 +129,17 @@ def test_refusals_change_nothing_and_start_no_server(engine: Engine, tmp_path: P
     _production, ungated = base_and_candidate(engine, tmp_path, gate=False)
     # a launcher whose vLLM "python" fails at once: any attempt to start a server would show up as an error
     launcher = Launcher(engine, tmp_path / "work", python="/bin/false")
+    # each refusal is compared with a snapshot taken just before it; the writes in between are the test's own
     before = registry_state(engine)
     with pytest.raises(GateNotPassed, match="has not passed the gate"):
         canary.start(engine, ungated, 10, launcher=launcher)
+    assert registry_state(engine) == before and list_deployments(engine) == []
     store.record_gate(engine, ungated, {"passed": True, "reasons": ["ok"]})
     before = registry_state(engine)
     for bad in (-1, 101, 12.5, True, "10"):
         with pytest.raises(InvalidWeight, match="0 to 100"):
             canary.start(engine, ungated, bad, launcher=launcher)  # type: ignore[arg-type]
+        assert registry_state(engine) == before and list_deployments(engine) == [], f"weight {bad!r}"
     with engine.begin() as conn:  # an alias whose production pointer was cleared (e.g. a hand-edited store)
         conn.execute(text("UPDATE model_aliases SET production_id = NULL WHERE alias = 'assistant'"))
     before = registry_state(engine)
@@ -153,8 +157,9 @@ def test_cli_refusals_say_why_and_status_reports(any_db_url: str, tmp_path: Path
     before = registry_state(engine)
     refused = runner.invoke(app, ["canary", "start", candidate, "--weight", "10"], env=env)
     assert refused.exit_code == 1 and "has not passed the gate" in refused.output
+    assert registry_state(engine) == before and list_deployments(engine) == []
     store.record_gate(engine, candidate, {"passed": True, "reasons": ["ok"]})
-    before = registry_state(engine)
+    before = registry_state(engine)  # a new snapshot: the gate just written is the test's own write
     refused = runner.invoke(app, ["canary", "start", candidate, "--weight", "150"], env=env)
     assert refused.exit_code == 1 and "0 to 100" in refused.output
     assert registry_state(engine) == before and list_deployments(engine) == []
@@ -174,4 +179,44 @@ def test_cli_refusals_say_why_and_status_reports(any_db_url: str, tmp_path: Path
     stepped = runner.invoke(app, ["canary", "step", "assistant", "--policy", str(policy), "--no-serve"], env=env)
     assert stepped.exit_code == 0 and "rollback" in stepped.output
     assert store.get_version(engine, candidate).status == VersionStatus.rejected
+    engine.dispose()
+
+
+def test_a_stage_without_canary_traffic_says_so_in_evaluate_step_and_status(any_db_url: str,
+                                                                             tmp_path: Path) -> None:
+    engine = make_engine(any_db_url)
+    production, candidate = base_and_candidate(engine, tmp_path)
+    canary.start(engine, candidate, 20, actor="alice", reason="try v2")
+    traffic(engine, "assistant", production, 300, up=40)  # production is busy, the canary got nothing
+    later = utcnow() + timedelta(hours=2, minutes=5, seconds=10)
+    _state, figures, analysis = canary.evaluate(engine, "assistant", POLICY, now=later)
+    assert figures[candidate].requests == 0
+    assert analysis is not None and analysis.action == Action.wait and analysis.no_canary_traffic
+    assert analysis.reasons[0].startswith(f"no canary traffic: {candidate} has served 0 requests in this stage "
+                                          "(running 2h 05m at canary weight 20%)")
+    before = registry_state(engine)
+    result = canary.step(engine, "assistant", POLICY)
+    assert result.action == Action.wait and result.reasons[0].startswith("no canary traffic")
+    assert registry_state(engine) == before  # a reason, not a decision: nothing moved
+
+    env = {"TUNELOOP_DATABASE_URL": any_db_url, "TUNELOOP_HOME": str(tmp_path / "home")}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("min_requests: 40\nmin_ratings: 20\nmax_p95_latency_ratio: 2.0\n")
+    runner = CliRunner()
+    status = runner.invoke(app, ["canary", "status", "assistant", "--policy", str(policy)], env=env)
+    assert status.exit_code == 0, status.output
+    text = " ".join(status.output.split())  # rich wraps long lines
+    assert f"no canary traffic: {candidate} has served 0 requests in this stage (running " in text
+    assert "at canary weight 20%)" in text and "analysis: wait" in text
+    as_json = runner.invoke(app, ["canary", "status", "assistant", "--policy", str(policy), "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    assert '"no_canary_traffic": true' in as_json.output
+
+    traffic(engine, "assistant", candidate, 1)  # the control: one canary request and the reason is gone
+    _state, figures, analysis = canary.evaluate(engine, "assistant", POLICY)
+    assert figures[candidate].requests == 1
+    assert analysis is not None and analysis.action == Action.wait and not analysis.no_canary_traffic
+    assert not any("no canary traffic" in r for r in analysis.reasons)
+    status = runner.invoke(app, ["canary", "status", "assistant", "--policy", str(policy)], env=env)
+    assert status.exit_code == 0 and "analysis: wait" in status.output and "no canary traffic" not in status.output
     engine.dispose()

@@ -220,35 +220,6 @@ async def test_200_concurrent_requests_make_exactly_200_rows(gateway):
     assert {r.request_body["messages"][0]["content"] for r in rows} == {f"q{i}" for i in range(200)}
 
 
-def test_idempotency_key_replays_instead_of_duplicating(gateway):
-    client = gateway.client()
-    first = client.chat.completions.with_raw_response.create(
-        model="fake", messages=[{"role": "user", "content": "x"}], extra_headers={"Idempotency-Key": "abc-1"}
-    )
-    again = client.chat.completions.with_raw_response.create(
-        model="fake", messages=[{"role": "user", "content": "x"}], extra_headers={"Idempotency-Key": "abc-1"}
-    )
-    assert again.parse().id == first.parse().id
-    assert again.headers["x-tuneloop-idempotent-replay"] == "true"
-    assert gateway.count() == 1
-
-
-def test_sdk_retry_after_timeout_with_same_key_yields_one_row(gateway, upstream):
-    """The first attempt is slower than the client's timeout; the SDK retries with the same key."""
-    _url, state = upstream
-    client = gateway.client(max_retries=3, timeout=1.0)
-    completion = client.chat.completions.create(
-        model="firstslow", messages=[{"role": "user", "content": "x"}],
-        extra_headers={"Idempotency-Key": "retry-1"},
-    )
-    assert completion.choices[0].message.content
-    rows = gateway.wait_for_rows(1, timeout_s=5)
-    time.sleep(2.0)  # let the slow first attempt finish too
-    rows = gateway.rows()
-    assert len(rows) == 1 and rows[0].idempotency_key == "retry-1"
-    assert sum(1 for r in state.requests if r.get("model") == "firstslow") >= 2
-
-
 async def test_stream_abandoned_before_its_first_chunk_runs_the_cleanup():
     """An unstarted generator's `finally` never runs; the response must do that cleanup itself."""
     from gateway.proxy import LoggedStreamingResponse
