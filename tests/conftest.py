@@ -124,3 +124,15 @@ def redis_space() -> Iterator[RedisSpace]:
         if keys:
             client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def fake_upstream():  # type: ignore[no-untyped-def]
+    """A fake OpenAI-compatible upstream made for one test (its counters start at zero): (url, state)."""
+    from tests.fake_upstream import UpstreamState, make_fake_upstream
+    from tests.servers import serve
+
+    state = UpstreamState()
+    with serve(make_fake_upstream(state)) as url:
+        yield url, state
+        state.release.set()  # never leave a held answer behind

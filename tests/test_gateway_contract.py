@@ -17,7 +17,6 @@ from feedback.interaction_log import InteractionLog, RowRejected, interaction_va
 from gateway.app import create_app
 from gateway.auth import REVOCATION_BOUND_S, KeyCache
 from gateway.keys import Scope, create_key, revoke_key
-from tests.fake_upstream import UpstreamState, make_fake_upstream
 from tests.gateway_helpers import running_gateway
 from tests.servers import serve
 from tuneloop.db import make_engine
@@ -27,15 +26,8 @@ QUESTION = [{"role": "user", "content": "Where is order 4821?"}]
 
 
 @pytest.fixture
-def upstream():
-    state = UpstreamState()
-    with serve(make_fake_upstream(state)) as url:
-        yield url, state
-
-
-@pytest.fixture
-def gateway(upstream, sqlite_url, tmp_path):
-    url, _state = upstream
+def gateway(fake_upstream, sqlite_url, tmp_path):
+    url, _state = fake_upstream
     with running_gateway(sqlite_url, tmp_path, {"fake": [url], "error500": [url]}, max_body_bytes=64 * 1024) as gw:
         yield gw
 
@@ -52,8 +44,8 @@ def _nested(depth: int) -> object:
 
 
 @pytest.mark.parametrize("depth", [100, 300, 1000, 5000])
-def test_deeply_nested_json_is_a_400_not_a_500(gateway, upstream, depth):
-    _url, state = upstream
+def test_deeply_nested_json_is_a_400_not_a_500(gateway, fake_upstream, depth):
+    _url, state = fake_upstream
     body = {"model": "fake", "messages": QUESTION, "metadata": _nested(depth)}
     raw = ('{"model": "fake", "messages": [{"role": "user", "content": "hi"}], "metadata": '
            + "[" * depth + "]" * depth + "}")
@@ -77,8 +69,8 @@ def test_deeply_nested_json_is_a_400_not_a_500(gateway, upstream, depth):
     ({"messages": [{"content": "hi"}]}, "messages.0.role"),
     ({"model": None}, "model"),
 ])
-def test_validation_is_strict_and_names_the_field_the_client_wrote(gateway, upstream, change, param):
-    _url, state = upstream
+def test_validation_is_strict_and_names_the_field_the_client_wrote(gateway, fake_upstream, change, param):
+    _url, state = fake_upstream
     response = httpx.post(gateway.url + "/v1/chat/completions", headers=_auth(gateway.app_key),
                           json={"model": "fake", "messages": QUESTION} | change)
     assert response.status_code == 400, response.text
@@ -86,8 +78,8 @@ def test_validation_is_strict_and_names_the_field_the_client_wrote(gateway, upst
     assert not state.requests
 
 
-def test_validation_of_completions_names_prompt(gateway, upstream):
-    _url, state = upstream
+def test_validation_of_completions_names_prompt(gateway, fake_upstream):
+    _url, state = fake_upstream
     response = httpx.post(gateway.url + "/v1/completions", headers=_auth(gateway.app_key),
                           json={"model": "fake", "prompt": 5})
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
@@ -130,8 +122,8 @@ def test_every_response_carries_a_request_id(gateway):
     assert "x-tuneloop-version" not in cases["401"].headers
 
 
-def test_a_revoked_key_stops_working_within_the_bound_in_every_gateway_process(upstream, sqlite_url, tmp_path):
-    url, _state = upstream
+def test_a_revoked_key_stops_working_within_the_bound_in_every_gateway_process(fake_upstream, sqlite_url, tmp_path):
+    url, _state = fake_upstream
     engine = make_engine(sqlite_url)
     public, key = create_key(engine, Scope.app, "to-revoke")
     settings = Settings(home=tmp_path, database_url=sqlite_url, upstreams={"fake": [url]})
@@ -192,8 +184,8 @@ class _Observed:
             self.finished.append(scope["path"])
 
 
-def test_a_client_leaving_mid_body_is_not_an_unhandled_error(upstream, sqlite_url, tmp_path, caplog):
-    url, state = upstream
+def test_a_client_leaving_mid_body_is_not_an_unhandled_error(fake_upstream, sqlite_url, tmp_path, caplog):
+    url, state = fake_upstream
     engine = make_engine(sqlite_url)
     _public, key = create_key(engine, Scope.app)
     observed = _Observed(create_app(Settings(home=tmp_path, database_url=sqlite_url, upstreams={"fake": [url]})))
@@ -240,9 +232,9 @@ async def test_one_row_the_database_refuses_does_not_fail_its_batch(pg_url):
     engine.dispose()
 
 
-def test_a_nul_in_user_among_concurrent_requests_on_postgresql(upstream, pg_url, tmp_path):
+def test_a_nul_in_user_among_concurrent_requests_on_postgresql(fake_upstream, pg_url, tmp_path):
     """One app sends a NUL in `user` among 40 ordinary requests: every request is answered and logged."""
-    url, _state = upstream
+    url, _state = fake_upstream
     with running_gateway(pg_url, tmp_path, {"fake": [url]}) as gw:
         async def scenario() -> list[int]:
             async with httpx.AsyncClient(base_url=gw.url, headers=_auth(gw.app_key), timeout=30) as client:

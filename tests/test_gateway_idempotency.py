@@ -15,9 +15,8 @@ import pytest
 
 from feedback.idempotency import ClaimState, claim_key, release_key, request_fingerprint
 from feedback.models import Interaction
-from tests.fake_upstream import UpstreamState, make_fake_upstream
+from tests.fake_upstream import UpstreamState
 from tests.gateway_helpers import running_gateway
-from tests.servers import serve
 from tuneloop.db import make_engine, migrate
 
 MODELS = ("fake", "held", "firstslow", "error500")
@@ -25,16 +24,8 @@ QUESTION = [{"role": "user", "content": "Where is order 4821?"}]
 
 
 @pytest.fixture
-def upstream():
-    state = UpstreamState()
-    with serve(make_fake_upstream(state)) as url:
-        yield url, state
-        state.release.set()  # never leave a held answer behind
-
-
-@pytest.fixture
-def gateway(upstream, any_db_url, tmp_path):
-    url, _state = upstream
+def gateway(fake_upstream, any_db_url, tmp_path):
+    url, _state = fake_upstream
     with running_gateway(any_db_url, tmp_path, {name: [url] for name in MODELS},
                          timeouts={"connect": 1.0, "first_byte": 20.0, "chunk_gap": 5.0, "total": 30.0}) as gw:
         yield gw
@@ -59,8 +50,8 @@ def _wait_until(condition, timeout_s: float = 20.0) -> None:  # type: ignore[no-
         time.sleep(0.02)
 
 
-def test_a_retry_with_the_same_key_replays_and_generates_nothing(gateway, upstream):
-    _url, state = upstream
+def test_a_retry_with_the_same_key_replays_and_generates_nothing(gateway, fake_upstream):
+    _url, state = fake_upstream
     client = gateway.client()
     first = client.chat.completions.with_raw_response.create(
         model="fake", messages=QUESTION, extra_headers={"Idempotency-Key": "abc-1"})
@@ -73,10 +64,10 @@ def test_a_retry_with_the_same_key_replays_and_generates_nothing(gateway, upstre
     assert _generated(state, "fake") == 1 and gateway.count() == 1
 
 
-def test_concurrent_streams_with_one_key_generate_once_and_every_answer_is_logged(gateway, upstream):
+def test_concurrent_streams_with_one_key_generate_once_and_every_answer_is_logged(gateway, fake_upstream):
     """12 clients stream with one key at once: one generation; the others hear 409 "in progress" (retryable,
     so the official client's own retries end in the replay); the one answer served has its row."""
-    _url, state = upstream
+    _url, state = fake_upstream
 
     async def one(client: openai.AsyncOpenAI) -> str:
         stream = await client.chat.completions.create(
@@ -101,9 +92,9 @@ def test_concurrent_streams_with_one_key_generate_once_and_every_answer_is_logge
     assert len(rows) == 1 and rows[0].idempotency_key == "same-12" and rows[0].response_text == answers[0]
 
 
-def test_an_empty_idempotency_key_is_refused(gateway, upstream):
+def test_an_empty_idempotency_key_is_refused(gateway, fake_upstream):
     """(A blank value arrives empty: HTTP servers strip the whitespace around header values.)"""
-    _url, state = upstream
+    _url, state = fake_upstream
     header = ""
     body = {"model": "fake", "messages": QUESTION}
     for stream in (False, True):
@@ -117,8 +108,8 @@ def test_an_empty_idempotency_key_is_refused(gateway, upstream):
     assert control.status_code == 200 and gateway.count() == 1
 
 
-def test_the_same_key_with_another_request_is_refused_not_replayed(gateway, upstream):
-    _url, state = upstream
+def test_the_same_key_with_another_request_is_refused_not_replayed(gateway, fake_upstream):
+    _url, state = fake_upstream
     body = {"model": "fake", "messages": QUESTION}
     first = _post(gateway, "/v1/chat/completions", body, "k-1")
     assert first.status_code == 200
@@ -136,8 +127,8 @@ def test_the_same_key_with_another_request_is_refused_not_replayed(gateway, upst
     assert other_key.status_code == 200 and _generated(state, "fake") == 2
 
 
-def test_a_streamed_answer_retried_without_streaming_comes_back_whole(gateway, upstream):
-    _url, state = upstream
+def test_a_streamed_answer_retried_without_streaming_comes_back_whole(gateway, fake_upstream):
+    _url, state = fake_upstream
     client = gateway.client()
     stream = client.chat.completions.create(model="fake", messages=QUESTION, stream=True,
                                             extra_headers={"Idempotency-Key": "s-1"})
@@ -159,8 +150,8 @@ def test_a_streamed_answer_retried_without_streaming_comes_back_whole(gateway, u
     assert _generated(state, "fake") == 2
 
 
-def test_a_buffered_answer_retried_as_a_stream_is_replayed_as_events(gateway, upstream):
-    _url, state = upstream
+def test_a_buffered_answer_retried_as_a_stream_is_replayed_as_events(gateway, fake_upstream):
+    _url, state = fake_upstream
     client = gateway.client()
     first = client.chat.completions.create(model="fake", messages=QUESTION, extra_headers={"Idempotency-Key": "b"})
     stream = client.chat.completions.create(model="fake", messages=QUESTION, stream=True,
@@ -169,10 +160,10 @@ def test_a_buffered_answer_retried_as_a_stream_is_replayed_as_events(gateway, up
     assert replayed == first.choices[0].message.content and _generated(state, "fake") == 1
 
 
-def test_the_sdk_retry_after_a_timeout_gets_the_first_answer(gateway, upstream):
+def test_the_sdk_retry_after_a_timeout_gets_the_first_answer(gateway, fake_upstream):
     """The first attempt outlives the client's 1 s timeout; the SDK retries with the same key, hears "in
     progress" until the first answer is logged, then gets it: one generation, one row, no second call."""
-    _url, state = upstream
+    _url, state = fake_upstream
     client = gateway.client(max_retries=6, timeout=1.0)
     completion = client.chat.completions.create(model="firstslow", messages=QUESTION,
                                                 extra_headers={"Idempotency-Key": "retry-1"})
@@ -183,10 +174,10 @@ def test_the_sdk_retry_after_a_timeout_gets_the_first_answer(gateway, upstream):
     assert len(rows) == 1 and rows[0].idempotency_key == "retry-1" and rows[0].id == completion.id.split("-")[1]
 
 
-def test_a_failed_request_leaves_its_key_free_for_the_retry(gateway, upstream):
-    """An answer that failed upstream is not an answer: the retry with the same key is tried again (not replayed,
+def test_a_failed_request_leaves_its_key_free_for_the_retry(gateway, fake_upstream):
+    """An answer that failed fake_upstream is not an answer: the retry with the same key is tried again (not replayed,
     not told "in progress")."""
-    _url, state = upstream
+    _url, state = fake_upstream
     body = {"model": "error500", "messages": QUESTION}
     for attempt in (1, 2):
         failed = _post(gateway, "/v1/chat/completions", body, "f-1")
