@@ -134,16 +134,16 @@ def test_a_revoked_key_stops_working_within_the_bound_in_every_gateway_process(f
             assert httpx.post(base + "/v1/chat/completions", headers=_auth(key), json=body).status_code == 200
         assert revoke_key(engine, public.id)
         revoked_at = time.monotonic()
-        refused_after: dict[str, float] = {}
-        while len(refused_after) < len(gateways) and time.monotonic() - revoked_at < 10:
+        # Each probe is timed from when it was sent, so a loaded machine's slow answers cannot move the bound:
+        # every probe sent later than the bound after the revocation must be refused, by both processes.
+        probes: list[tuple[str, float, int]] = []
+        while time.monotonic() - revoked_at < REVOCATION_BOUND_S + 1.5:
             for base in gateways:
-                if base in refused_after:
-                    continue
-                status = httpx.get(base + "/v1/models", headers=_auth(key)).status_code
-                if status == 401:
-                    refused_after[base] = time.monotonic() - revoked_at
-        assert len(refused_after) == 2, refused_after
-        assert max(refused_after.values()) <= REVOCATION_BOUND_S + 0.5, refused_after
+                sent = time.monotonic() - revoked_at
+                probes.append((base, sent, httpx.get(base + "/v1/models", headers=_auth(key)).status_code))
+        late = [(base, status) for base, sent, status in probes if sent > REVOCATION_BOUND_S]
+        assert late and {base for base, _ in late} == set(gateways)
+        assert all(status == 401 for _, status in late), late
         for base in gateways:  # and it stays refused
             assert httpx.post(base + "/v1/chat/completions", headers=_auth(key), json=body).status_code == 401
     engine.dispose()
