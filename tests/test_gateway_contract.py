@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from feedback.interaction_log import InteractionLog, RowRejected, interaction_values
 from gateway.app import create_app
-from gateway.auth import REVOCATION_BOUND_S, KeyCache
+from gateway.auth import KeyCache
 from gateway.keys import Scope, create_key, revoke_key
 from tests.gateway_helpers import running_gateway
 from tests.servers import serve
@@ -23,6 +23,7 @@ from tuneloop.db import make_engine
 from tuneloop.settings import Settings
 
 QUESTION = [{"role": "user", "content": "Where is order 4821?"}]
+REVOCATION_BOUND_S = 2.0  # the README's contract, not the code's constant: the test must not follow the code
 
 
 @pytest.fixture
