@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, String
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlmodel import Session, select
 
 from feedback.models import (
@@ -137,7 +144,8 @@ class InteractionLog:
             started = time.perf_counter()
             try:
                 outcomes = await asyncio.to_thread(_commit_batch, self.engine, [p.row for p in batch])
-            except (OperationalError, SQLAlchemyError, OSError) as exc:
+            except Exception as exc:  # retried, then 503 for this batch; never a dead writer that hangs them all
+                log.warning("interaction batch of %d not committed: %r", len(batch), exc)
                 outcomes = [exc] * len(batch)
             settled = [(p, o) for p, o in zip(batch, outcomes, strict=True) if not _is_outage(o)]
             for pending, outcome in settled:
@@ -198,8 +206,8 @@ def _commit_batch(engine: Engine, rows: list[Interaction | dict[str, Any]]) -> l
         with engine.begin() as connection:
             connection.execute(_INSERT, values)
         return [None] * len(rows)
-    except DBAPIError as exc:
-        if _outage(exc):
+    except (StatementError, TypeError, ValueError) as exc:  # the database's refusal, or a value the driver
+        if _outage(exc):                                    # could not encode (psycopg raises TypeError itself)
             raise
     outcomes: list[Exception | None] = []
     for index, value in enumerate(values):
@@ -207,22 +215,24 @@ def _commit_batch(engine: Engine, rows: list[Interaction | dict[str, Any]]) -> l
             with engine.begin() as connection:
                 connection.execute(_INSERT, [value])
             outcomes.append(None)
-        except DBAPIError as exc:
+        except (StatementError, TypeError, ValueError) as exc:
             if _outage(exc):  # the store went down part-way: the rest are retried with the batch
                 return outcomes + [exc] * (len(values) - index)
             outcomes.append(_row_error(exc))
     return outcomes
 
 
-def _outage(exc: DBAPIError) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+def _outage(exc: Exception) -> bool:
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
-def _row_error(exc: DBAPIError) -> RowRejected:
-    first_line = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+def _row_error(exc: Exception) -> RowRejected:
+    cause = getattr(exc, "orig", None) or exc
+    first_line = (str(cause).splitlines() or [""])[0]
     if isinstance(exc, IntegrityError) and "idempotency" in str(exc).lower():
         return DuplicateIdempotencyKey(first_line)
-    return RowRejected(f"{type(exc.orig).__name__}: {first_line}")
+    return RowRejected(f"{type(cause).__name__}: {first_line}")
 
 
 _TABLE = Interaction.__table__  # type: ignore[attr-defined]
