@@ -136,3 +136,13 @@ def fake_upstream():  # type: ignore[no-untyped-def]
     with serve(make_fake_upstream(state)) as url:
         yield url, state
         state.release.set()  # never leave a held answer behind
+
+
+@pytest.fixture(scope="module")
+def upstream_url():  # type: ignore[no-untyped-def]
+    """One fake upstream shared by a module's tests that only need its answers, not its counters."""
+    from tests.fake_upstream import UpstreamState, make_fake_upstream
+    from tests.servers import serve
+
+    with serve(make_fake_upstream(UpstreamState())) as url:
+        yield url

@@ -10,16 +10,9 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from tests.fake_upstream import UpstreamState, make_fake_upstream
 from tests.gateway_helpers import closed_port_url, running_gateway
 from tests.servers import serve
 from tuneloop.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def upstream_url():
-    with serve(make_fake_upstream(UpstreamState())) as url:
-        yield url
 
 
 @pytest.fixture

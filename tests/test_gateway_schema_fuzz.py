@@ -30,9 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.fake_upstream import UpstreamState, make_fake_upstream
 from tests.gateway_helpers import RunningGateway, running_gateway
-from tests.servers import serve
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +54,6 @@ OPERATIONS = [
 ADMIN_OPERATIONS = [("GET", "/v1/interactions/{interaction_id}"), ("GET", "/metrics")]
 # Valid strings that random generation reaches too rarely for a run this short: PostgreSQL's text refuses NUL.
 HOSTILE_STRINGS = ["nul\x00inside", "\x00"]
-
-
-@pytest.fixture(scope="module")
-def upstream_url():
-    with serve(make_fake_upstream(UpstreamState())) as url:
-        yield url
 
 
 @pytest.fixture
