@@ -7,6 +7,9 @@ Stages, each counted by reason in the manifest:
   filter  (feedback/filters.py)     refusals, too short / too long in the base model's tokens
   dedup   (feedback/lsh.py)         exact then near-duplicates, also against earlier versions
   split   (feedback/split.py)       train/eval by the hash of the prompt
+Three views of one version come out: `sft` (train.jsonl, eval.jsonl: chat examples), and the preference
+views `kto` and `dpo` (feedback/views.py), under the same rules and one split threshold, so a prompt is on
+the same side in every view. The id hashes every view's files.
 Everything streams in batches; what stays in memory grows only with the examples kept (their dedup
 keys, ~1 KB each). The output goes to a temporary directory that is renamed into place, so a
 version directory is either complete or absent; its id is derived from its content.
@@ -34,6 +37,7 @@ from feedback.datasets import (
     EVAL_FILE,
     MANIFEST_FILE,
     TRAIN_FILE,
+    VIEW_FILES,
     Dataset,
     dataset_id_for,
     latest_dataset,
@@ -46,8 +50,9 @@ from feedback.lsh import Deduplicator
 from feedback.models import utcnow
 from feedback.policy import CurationPolicy
 from feedback.scrub import Scrubber
-from feedback.selection import count_window, iter_rated_interactions, select_example
-from feedback.split import eval_positions, split_fraction
+from feedback.selection import count_window, iter_rated_interactions, rate_interaction, sft_example
+from feedback.split import eval_cutoff, split_fraction
+from feedback.views import PREFERENCE_VIEWS, PreferenceViews, view_counts
 from tuneloop.settings import DEFAULT_BASE_DIR, Settings
 
 ALL_HISTORY = datetime(1970, 1, 1, tzinfo=UTC)  # pass as `since` to ignore earlier datasets' windows
@@ -123,9 +128,15 @@ def curate(
             num_perm=policy.num_perm, shingle_size=policy.shingle_size, threshold=policy.near_dup_threshold,
             seed=policy.minhash_seed, include_system=policy.dedup_include_system,
         )
-        earlier = _load_earlier_versions(engine, alias, dedup, policy) if policy.dedup_against_earlier_versions else 0
+        views = PreferenceViews(policy, Scrubber(policy.scrub_kinds, policy.scrub_extra), counter, work)
+        earlier = 0
+        if policy.dedup_against_earlier_versions:
+            earlier = _load_earlier_versions(engine, alias, dedup, policy)
+            _load_earlier_views(engine, alias, views)
         in_window, rated = count_window(engine, alias, since, until)
         stats.excluded["no_feedback"] = in_window - rated
+        for view_stats in views.stats.values():
+            view_stats.excluded["no_feedback"] = in_window - rated
         notify("total", rated)
 
         fractions = array("d")
@@ -135,21 +146,35 @@ def curate(
             for path in seed_files:
                 stage.run_all(_seed_examples(Path(path), stats, seeds_info), policy.batch_size)
             for page in iter_rated_interactions(engine, alias, since, until, policy.batch_size):
-                candidates = []
+                candidates, rated_batch = [], []
                 for row, votes in page:
-                    outcome = select_example(row, votes)
+                    rated_row = rate_interaction(row, votes)
+                    if isinstance(rated_row, str):
+                        stats.excluded[rated_row] += 1
+                        views.exclude(rated_row)
+                        continue
+                    rated_batch.append(rated_row)
+                    outcome = sft_example(rated_row)
                     if isinstance(outcome, str):
                         stats.excluded[outcome] += 1
                     else:
                         stats.selected[outcome.kind] += 1
                         candidates.append(outcome)
                 stage.run(candidates)
+                views.add(rated_batch)
                 notify("advance", len(page))
+            views.finish()
 
-        eval_mask = eval_positions(fractions, policy.eval_fraction, policy.min_eval_examples)
+        all_fractions = [*fractions, *views.fractions["kto"], *views.fractions["dpo"]]
+        cutoff = eval_cutoff(all_fractions, policy.eval_fraction, policy.min_eval_examples)
         n_eval_by_hash = sum(1 for f in fractions if f < policy.eval_fraction)
-        train_sha, eval_sha = _write_splits(work, eval_mask)
-        n_kept, n_eval = len(fractions), int(eval_mask.sum())
+        file_sha = _write_splits(work, "kept.jsonl", VIEW_FILES["sft"], [f < cutoff for f in fractions])
+        view_split: dict[str, Any] = {}
+        for view in PREFERENCE_VIEWS:
+            mask = [f < cutoff for f in views.fractions[view]]
+            file_sha.update(_write_splits(work, views.kept_paths[view].name, VIEW_FILES[view], mask))
+            view_split[view] = (len(mask) - sum(mask), sum(mask))
+        n_kept, n_eval = len(fractions), sum(1 for f in fractions if f < cutoff)
         counts: dict[str, Any] = {
             "interactions": {"in_window": in_window, "rated": rated},
             "excluded": dict(sorted(stats.excluded.items())),
@@ -160,14 +185,22 @@ def curate(
             "deduplicated": dict(sorted(stats.deduplicated.items())),
             "earlier_version_examples": earlier,
             "split": {"train": n_kept - n_eval, "eval": n_eval, "eval_promoted": n_eval - n_eval_by_hash},
+            "views": {
+                "sft": {"split": {"train": n_kept - n_eval, "eval": n_eval}},
+                # one scrubber reads the texts of both preference views
+                "preference_scrubbed": dict(sorted((k, v) for k, v in views.scrubber.counts.items() if v)),
+                "kto": view_counts(views.stats["kto"], *view_split["kto"],
+                                   {"labels": _kto_labels(work / VIEW_FILES["kto"][0])}),
+                "dpo": view_counts(views.stats["dpo"], *view_split["dpo"]),
+            },
         }
         result = CurationResult(
             alias=alias, dataset_id=None, sha256=None, counts=counts, n_train=n_kept - n_eval, n_eval=n_eval,
             window_start=since, window_end=until, bad_lines=stats.bad_lines, dry_run=dry_run,
         )
-        if n_kept == 0:
+        if n_kept == 0 and not any(sum(view_split[v]) for v in PREFERENCE_VIEWS):
             return result
-        sha256 = hashlib.sha256(f"{alias}\n{train_sha}\n{eval_sha}\n".encode()).hexdigest()
+        sha256 = _dataset_sha256(alias, file_sha)
         result.sha256 = sha256
         if dry_run:
             return result
@@ -176,14 +209,14 @@ def curate(
             "id": dataset_id, "sha256": sha256, "alias": alias, "created_at": utcnow().isoformat(),
             "window": {"since": since.isoformat() if since else None, "until": until.isoformat()},
             "n_train": result.n_train, "n_eval": n_eval,
-            "files": {TRAIN_FILE: train_sha, EVAL_FILE: eval_sha},
+            "files": file_sha,
             "counts": counts, "policy": policy.to_dict(),
             "dedup": {"lsh_bands": dedup.index.bands, "lsh_rows": dedup.index.rows, "scheme": "datasketch affine32"},
             "seed_files": seeds_info,
             "bad_lines": [vars(b) for b in stats.bad_lines],
         }
         _write_manifest(work / MANIFEST_FILE, manifest, work / "sources.txt")
-        for scratch in ("kept.jsonl", "sources.txt"):
+        for scratch in ("kept.jsonl", "sources.txt", *(views.kept_paths[v].name for v in PREFERENCE_VIEWS)):
             (work / scratch).unlink()
         final = datasets_dir / dataset_id
         result.already_existed = not _publish(work, final)
@@ -194,6 +227,8 @@ def curate(
         result.dataset_id = row.id
         result.paths = {"dir": final, "train": final / TRAIN_FILE, "eval": final / EVAL_FILE,
                         "manifest": final / MANIFEST_FILE}
+        for view in PREFERENCE_VIEWS:
+            result.paths[f"{view}_train"], result.paths[f"{view}_eval"] = (final / n for n in VIEW_FILES[view])
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -288,22 +323,48 @@ def _load_earlier_versions(engine: Engine, alias: str, dedup: Deduplicator, poli
     return loaded
 
 
-def _write_splits(work: Path, eval_mask: Any) -> tuple[str, str]:
-    """Route the kept lines (stream order) to train.jsonl / eval.jsonl; the sha256 of each file."""
-    hashes = {TRAIN_FILE: hashlib.sha256(), EVAL_FILE: hashlib.sha256()}
+def _load_earlier_views(engine: Engine, alias: str, views: PreferenceViews) -> None:
+    """The preference rows of earlier versions (those built before the views existed have none)."""
+    for dataset in list_datasets(engine, alias):
+        for view in PREFERENCE_VIEWS:
+            for path in dataset.view_paths(view):
+                if path.exists():
+                    with path.open(encoding="utf-8") as handle:
+                        views.add_earlier(view, [json.loads(line) for line in handle if line.strip()])
+
+
+def _write_splits(work: Path, kept_name: str, names: tuple[str, str], to_eval: list[bool]) -> dict[str, str]:
+    """Route a view's kept lines (stream order) to its train and eval files; the sha256 of each file."""
+    train_name, eval_name = names
+    hashes = {train_name: hashlib.sha256(), eval_name: hashlib.sha256()}
     with (
-        (work / "kept.jsonl").open("rb") as kept,
-        (work / TRAIN_FILE).open("wb") as train,
-        (work / EVAL_FILE).open("wb") as evaluation,
+        (work / kept_name).open("rb") as kept,
+        (work / train_name).open("wb") as train,
+        (work / eval_name).open("wb") as evaluation,
     ):
-        for line, to_eval in zip(kept, eval_mask, strict=True):
-            name, out = (EVAL_FILE, evaluation) if to_eval else (TRAIN_FILE, train)
+        for line, is_eval in zip(kept, to_eval, strict=True):
+            name, out = (eval_name, evaluation) if is_eval else (train_name, train)
             out.write(line)
             hashes[name].update(line)
         for handle in (train, evaluation):
             handle.flush()
             os.fsync(handle.fileno())
-    return hashes[TRAIN_FILE].hexdigest(), hashes[EVAL_FILE].hexdigest()
+    return {name: digest.hexdigest() for name, digest in hashes.items()}
+
+
+def _dataset_sha256(alias: str, file_sha: dict[str, str]) -> str:
+    """The version's content hash: the alias and every view's files, in a fixed order."""
+    ordered = [file_sha[name] for view in VIEW_FILES for name in VIEW_FILES[view]]
+    return hashlib.sha256(("\n".join([alias, *ordered]) + "\n").encode()).hexdigest()
+
+
+def _kto_labels(train_path: Path) -> dict[str, int]:
+    """Desirable / undesirable rows of the kto view's train split (the trainer weighs the classes by them)."""
+    labels: Counter[bool] = Counter()
+    with train_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            labels[bool(json.loads(line)["label"])] += 1
+    return {"desirable": labels[True], "undesirable": labels[False]}
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any], sources: Path) -> None:

@@ -22,6 +22,12 @@ DATASET_ID_PREFIX = "ds-"
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval.jsonl"
 MANIFEST_FILE = "manifest.json"
+# Each view's (train, eval) files; `sft` keeps the names it always had.
+VIEW_FILES = {
+    "sft": (TRAIN_FILE, EVAL_FILE),
+    "kto": ("kto_train.jsonl", "kto_eval.jsonl"),
+    "dpo": ("dpo_train.jsonl", "dpo_eval.jsonl"),
+}
 
 
 def dataset_id_for(sha256: str) -> str:
@@ -62,6 +68,17 @@ class DatasetPublic(DatasetBase):
     @property
     def manifest_path(self) -> Path:
         return Path(self.path) / MANIFEST_FILE
+
+    def view_paths(self, view: str) -> tuple[Path, Path]:
+        train, evaluation = VIEW_FILES[view]
+        return Path(self.path) / train, Path(self.path) / evaluation
+
+    def view_sizes(self, view: str) -> dict[str, int]:
+        """{"train", "eval"} row counts of a view (zero for a view a version predating it does not have)."""
+        if view == "sft":
+            return {"train": self.n_train, "eval": self.n_eval}
+        split = self.counts.get("views", {}).get(view, {}).get("split", {})
+        return {"train": int(split.get("train", 0)), "eval": int(split.get("eval", 0))}
 
     def manifest(self) -> dict[str, Any]:
         return json.loads(self.manifest_path.read_text())

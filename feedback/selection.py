@@ -1,16 +1,18 @@
 """Which logged interactions become examples: the selection rules (pure) and the streaming read.
 
-Rules, checked in this order; the first that applies names the exclusion reason:
+Rules every view shares (`rate_interaction`), checked in this order; the first that applies names the reason:
   not_chat                  a completions (prompt) request: no conversation to learn from
   <status>                  the call did not succeed (upstream_error, client_disconnected, rejected)
   no_feedback               nobody rated it (counted with one COUNT query, never read)
   conflicting_ratings       as many users rated it up as down (one vote per user; majority wins)
+  unsupported_messages      tool calls, images or other turns a chat example cannot hold
+Then the SFT view's own (`select_example`):
   down_without_correction   majority down and no down-voter wrote the answer it should have given
   empty_answer              majority up but the answer is blank
   truncated                 majority up but the answer stopped at max_tokens (finish_reason "length")
-  unsupported_messages      tool calls, images or other turns a chat example cannot hold
 A majority-up interaction becomes an example as it was; a majority-down one with a correction becomes
 an example whose assistant turn is the correction (the latest one written, by updated_at then user).
+The preference views (feedback/views.py) start from the same rated interactions.
 
 The window: interactions created in [since, until) with feedback given before `until`, plus older
 interactions whose feedback arrived in [since, until) (a late rating is not lost at the nightly cut).
@@ -98,8 +100,21 @@ def _text_content(content: Any) -> str | None:
     return None
 
 
-def select_example(row: InteractionRow, votes: Sequence[Vote]) -> Example | str:
-    """The example an interaction gives, or the reason it gives none (see the module docstring)."""
+@dataclass(frozen=True)
+class Rated:
+    """A rated chat interaction every view can learn from: the prompt, the served answer and the verdict."""
+
+    prompt: Messages
+    answer: str  # the served answer as it was ("" when blank)
+    verdict: str  # "up" or "down" (majority of one vote per user)
+    correction: str | None  # the answer a down-voter wrote, if any
+    truncated: bool  # the answer stopped at max_tokens
+    interaction_id: str
+
+
+def rate_interaction(row: InteractionRow, votes: Sequence[Vote]) -> Rated | str:
+    """The rules every view shares (not_chat, <status>, no_feedback, conflicting_ratings, unsupported_messages):
+    the rated interaction, or the reason it is excluded from every view."""
     if row.endpoint != CHAT_ENDPOINT:
         return "not_chat"
     if row.status != InteractionStatus.ok:
@@ -109,23 +124,36 @@ def select_example(row: InteractionRow, votes: Sequence[Vote]) -> Example | str:
     verdict, correction = resolve_votes(votes)
     if verdict == "tie":
         return "conflicting_ratings"
-    if verdict == "down":
-        if correction is None:
-            return "down_without_correction"
-        answer, kind = correction, "correction"
-    else:
-        if not row.response_text or not row.response_text.strip():
-            return "empty_answer"
-        if row.finish_reason == "length":
-            return "truncated"
-        answer, kind = row.response_text, "thumbs_up"
     prompt = prompt_messages(row.request_body)
     if prompt is None:
         return "unsupported_messages"
-    messages, _reason = validate_messages([*prompt, {"role": "assistant", "content": answer}])
+    messages, _reason = validate_messages([*prompt, {"role": "assistant", "content": correction or "-"}])
     if messages is None:
         return "unsupported_messages"
-    return Example(messages, source=f"interaction:{row.id}", kind=kind, interaction_id=row.id)
+    return Rated(messages[:-1], row.response_text or "", verdict, correction, row.finish_reason == "length", row.id)
+
+
+def select_example(row: InteractionRow, votes: Sequence[Vote]) -> Example | str:
+    """The SFT example an interaction gives, or the reason it gives none (see the module docstring)."""
+    rated = rate_interaction(row, votes)
+    return rated if isinstance(rated, str) else sft_example(rated)
+
+
+def sft_example(rated: Rated) -> Example | str:
+    """The SFT view of a rated interaction: the example, or the reason it gives none."""
+    if rated.verdict == "down":
+        if rated.correction is None:
+            return "down_without_correction"
+        answer, kind = rated.correction, "correction"
+    else:
+        if not rated.answer.strip():
+            return "empty_answer"
+        if rated.truncated:
+            return "truncated"
+        answer, kind = rated.answer, "thumbs_up"
+    messages = [*rated.prompt, {"role": "assistant", "content": answer}]
+    return Example(messages, source=f"interaction:{rated.interaction_id}", kind=kind,
+                   interaction_id=rated.interaction_id)
 
 
 def _utc(value: datetime) -> datetime:

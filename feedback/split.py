@@ -37,3 +37,16 @@ def eval_positions(fractions: Sequence[float], eval_fraction: float, min_eval: i
         mask[:] = False
         mask[np.argsort(values, kind="stable")[:target]] = True
     return mask
+
+
+def eval_cutoff(fractions: Sequence[float], eval_fraction: float, min_eval: int) -> float:
+    """The one threshold every view splits at (eval iff fraction < cutoff), over the prompts of all views.
+
+    `eval_fraction`, raised when fewer than `min_eval` distinct prompts (never more than half of them) fall
+    below it, to take in the prompts nearest to the eval side: the same ones on every rebuild. Over the
+    distinct fractions, since one prompt can have several answers, in several views."""
+    distinct = np.unique(np.asarray(fractions, dtype=np.float64))
+    target = min(min_eval, len(distinct) // 2)
+    if int((distinct < eval_fraction).sum()) >= target or target == 0:
+        return eval_fraction
+    return float(np.nextafter(distinct[target - 1], np.inf))
