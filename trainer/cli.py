@@ -38,11 +38,13 @@ def train_command(
     try:
         train_config = load_train_config(config, overrides or [])
         dataset_dir = resolve_dataset_dir(dataset, load_settings().home)
-        _, version, resolved, _ = plan(train_config, dataset_dir)
+        decided = plan(train_config, dataset_dir)
+        version, resolved = decided.dataset, decided.resolved
     except (ConfigError, DatasetError) as err:
         _fail(str(err))
     console.print(
-        f"training on [bold]{version.id}[/] ({len(version.train)} train / {len(version.eval)} eval) - "
+        f"training on [bold]{version.id}[/], {decided.method.method} ({decided.method.reason}): "
+        f"{len(version.train)} train / {len(version.eval)} eval - "
         f"{resolved.device}, {'QLoRA nf4' if resolved.quantization == 'nf4' else 'LoRA'}, "
         f"lr {resolved.learning_rate:g}, {resolved.epochs:g} epochs"
     )

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 QUANTIZATIONS = ("auto", "nf4", "none")
+METHODS = ("auto", "sft", "kto", "dpo")
 DEVICES = ("auto", "cuda", "cpu")
 CHECKPOINTING = ("auto", "full", "selective", "off")
 SCHEDULERS = (
@@ -64,6 +65,18 @@ class TrainConfig:
     base_model: str = field(
         default="",
         metadata=_meta("Base model: a local directory or an HF id; empty: settings.resolved_base_model."),
+    )
+    method: str = field(
+        default="auto",
+        metadata=_meta(
+            "sft (chat examples), kto (every thumb, unpaired), dpo (chosen/rejected pairs) or auto: chosen "
+            "from the dataset's view sizes by the rule in trainer/methods.py."
+        ),
+    )
+    beta: float = field(
+        default=0.1,
+        metadata=_meta("KTO/DPO: how far the model may move from the reference (the base, adapter off); higher "
+                       "keeps it closer."),
     )
     device: str = field(
         default="auto", metadata=_meta("Where to train: auto (cuda when available), cuda, cpu.")
@@ -166,6 +179,7 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         choices = {
+            "method": METHODS,
             "device": DEVICES,
             "quantization": QUANTIZATIONS,
             "gradient_checkpointing": CHECKPOINTING,
@@ -190,6 +204,7 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "grad_accumulation": self.grad_accumulation,
             "max_grad_norm": self.max_grad_norm,
+            "beta": self.beta,
         }
         for name, value in positive.items():
             if value is not None and value <= 0:
@@ -198,6 +213,9 @@ class TrainConfig:
             raise ConfigError(
                 "learning_rate", f"must be < 1 (got {self.learning_rate}); typical LoRA: 1e-4..5e-3"
             )
+        if self.method in ("kto", "dpo") and self.batch_size == 1:
+            # KTO's KL estimate pairs each row with another of its micro-batch (TRL refuses 1 at run time).
+            raise ConfigError("batch_size", f"{self.method} needs a micro-batch of at least 2 (got 1)")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("lora_dropout", f"must be in [0, 1) (got {self.lora_dropout})")
         if self.warmup < 0 or (self.warmup >= 1 and self.warmup != int(self.warmup)):
@@ -215,6 +233,10 @@ class TrainConfig:
             raise ConfigError("target_modules", "needs at least one module name, e.g. q_proj")
         if "all-linear" in self.target_modules and len(self.target_modules) > 1:
             raise ConfigError("target_modules", "'all-linear' stands alone")
+        if self.method in ("kto", "dpo", "auto") and "lm_head" in self.target_modules:
+            # TRL's preference losses read lm_head.weight directly: an adapter there would never train.
+            raise ConfigError("target_modules", "lm_head cannot take an adapter with kto/dpo (TRL reads its "
+                              "weight directly); leave it out")
         for reporter in self.report_to:
             if reporter not in REPORTERS:
                 raise ConfigError(

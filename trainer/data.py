@@ -1,6 +1,7 @@
-"""Reading a dataset version: `<home>/datasets/<id>/{train,eval}.jsonl` + `manifest.json`.
+"""Reading a dataset version: `<home>/datasets/<id>/` with one view's train/eval files + `manifest.json`.
 
-Each jsonl line holds `{"messages": [{"role": ..., "content": ...}, ...]}` (other keys are ignored).
+sft lines hold `{"messages": [{"role": ..., "content": ...}, ...]}`; kto lines `{"prompt": [...], "completion":
+str, "label": bool}`; dpo lines `{"prompt": [...], "chosen": str, "rejected": str}` (other keys are ignored).
 Bad lines fail with the file and line number, before any model loads.
 """
 
@@ -13,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+VIEW_FILES = {  # the names feedback/curate.py writes
+    "sft": ("train.jsonl", "eval.jsonl"),
+    "kto": ("kto_train.jsonl", "kto_eval.jsonl"),
+    "dpo": ("dpo_train.jsonl", "dpo_eval.jsonl"),
+}
 
 
 class DatasetError(ValueError):
@@ -21,20 +27,24 @@ class DatasetError(ValueError):
 
 @dataclass
 class DatasetVersion:
-    """A loaded dataset version: chat examples of both splits plus its identity."""
+    """A loaded view of a dataset version: its rows of both splits plus the version's identity.
+
+    sft rows are message lists; kto and dpo rows are dicts with `prompt` (messages) and their answers."""
 
     path: Path
     id: str
     sha256: str
-    train: list[list[dict[str, str]]]
-    eval: list[list[dict[str, str]]]
+    train: list[Any]
+    eval: list[Any]
     file_sha256: dict[str, str] = field(default_factory=dict)
+    view: str = "sft"
 
     def identity(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "sha256": self.sha256,
             "path": str(self.path),
+            "view": self.view,
             "train_examples": len(self.train),
             "eval_examples": len(self.eval),
             "file_sha256": self.file_sha256,
@@ -68,8 +78,29 @@ def _parse_messages(raw: Any, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def read_split(path: Path) -> list[list[dict[str, str]]]:
+def _parse_preference(raw: Any, where: str, view: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where}: expected an object")
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, list) or not prompt:
+        raise DatasetError(f"{where}: 'prompt' must be a non-empty list of messages")
+    messages = _parse_messages({"messages": [*prompt, {"role": "assistant", "content": "-"}]}, where)[:-1]
+    texts = ("completion",) if view == "kto" else ("chosen", "rejected")
+    for name in texts:
+        if not isinstance(raw.get(name), str) or not raw[name].strip():
+            raise DatasetError(f"{where}: '{name}' must be a non-empty string")
+    row: dict[str, Any] = {"prompt": messages, **{name: raw[name] for name in texts}}
+    if view == "kto":
+        if not isinstance(raw.get("label"), bool):
+            raise DatasetError(f"{where}: 'label' must be true or false")
+        row["label"] = raw["label"]
+    return row
+
+
+def read_split(path: Path, view: str = "sft") -> list[Any]:
     if not path.is_file():
+        if view != "sft":  # versions built before the preference views have none
+            return []
         raise DatasetError(f"{path}: missing")
     examples = []
     with path.open(encoding="utf-8") as handle:
@@ -80,7 +111,8 @@ def read_split(path: Path) -> list[list[dict[str, str]]]:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DatasetError(f"{path}:{number}: not JSON ({err.msg})") from None
-            examples.append(_parse_messages(raw, f"{path}:{number}"))
+            where = f"{path}:{number}"
+            examples.append(_parse_messages(raw, where) if view == "sft" else _parse_preference(raw, where, view))
     return examples
 
 
@@ -92,8 +124,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_dataset_version(directory: str | Path) -> DatasetVersion:
-    """Read and check a dataset version directory."""
+def read_manifest(directory: str | Path) -> dict[str, Any]:
     root = Path(directory).resolve()
     try:
         manifest = json.loads((root / "manifest.json").read_text())
@@ -103,27 +134,49 @@ def load_dataset_version(directory: str | Path) -> DatasetVersion:
         raise DatasetError(f"{root / 'manifest.json'}: not JSON ({err.msg})") from None
     if not isinstance(manifest, dict) or not manifest.get("id") or not manifest.get("sha256"):
         raise DatasetError(f"{root / 'manifest.json'}: needs 'id' and 'sha256'")
-    train, evaluation = read_split(root / "train.jsonl"), read_split(root / "eval.jsonl")
+    return manifest
+
+
+def load_dataset_version(directory: str | Path, view: str = "sft") -> DatasetVersion:
+    """Read and check one view of a dataset version directory."""
+    root = Path(directory).resolve()
+    manifest = read_manifest(root)
+    train_name, eval_name = VIEW_FILES[view]
+    train, evaluation = read_split(root / train_name, view), read_split(root / eval_name, view)
     if not train:
-        raise DatasetError(f"{root / 'train.jsonl'}: no examples")
+        raise DatasetError(f"{root / train_name}: no examples")
     return DatasetVersion(
         path=root,
         id=str(manifest["id"]),
         sha256=str(manifest["sha256"]),
         train=train,
         eval=evaluation,
-        file_sha256={name: _file_digest(root / name) for name in ("train.jsonl", "eval.jsonl")},
+        file_sha256={name: _file_digest(root / name) for name in (train_name, eval_name) if (root / name).exists()},
+        view=view,
     )
 
 
-def write_dataset_version(directory: str | Path, dataset_id: str, train: list[dict], evaluation: list[dict]) -> Path:
-    """Write a dataset version in the shared layout (for tests, demos and benchmarks)."""
+def write_dataset_version(
+    directory: str | Path, dataset_id: str, train: list[dict], evaluation: list[dict],
+    views: dict[str, tuple[list[dict], list[dict]]] | None = None,
+) -> Path:
+    """Write a dataset version in the shared layout (for tests, demos and benchmarks); `views` adds kto/dpo
+    rows as (train, eval), with the view counts a curated manifest has."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    for name, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
-        text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-        (root / name).write_text(text, encoding="utf-8")
-        digest.update(text.encode())
-    (root / "manifest.json").write_text(json.dumps({"id": dataset_id, "sha256": digest.hexdigest()}, indent=2))
+    splits = {"sft": (train, evaluation), **(views or {})}
+    counts: dict[str, Any] = {"views": {}}
+    for view, (view_train, view_eval) in splits.items():
+        for name, rows in zip(VIEW_FILES[view], (view_train, view_eval), strict=True):
+            text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+            (root / name).write_text(text, encoding="utf-8")
+            digest.update(text.encode())
+        counts["views"][view] = {"split": {"train": len(view_train), "eval": len(view_eval)}}
+        if view == "kto":
+            desirable = sum(1 for row in view_train if row["label"])
+            counts["views"]["kto"]["labels"] = {"desirable": desirable, "undesirable": len(view_train) - desirable}
+            counts["views"]["kto"]["selected"] = {"thumbs_up": desirable, "thumbs_down": len(view_train) - desirable}
+    manifest = {"id": dataset_id, "sha256": digest.hexdigest(), "counts": counts}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root

@@ -28,6 +28,8 @@ REAL_MODEL_LR, TINY_MODEL_LR = 2e-4, 5e-3
 REAL_MODEL_EPOCHS, TINY_MODEL_EPOCHS = 3.0, 10.0
 # Real models on CPU: one epoch of unpacked rows at a higher rate (measured above).
 CPU_REAL_MODEL_LR, CPU_REAL_MODEL_EPOCHS, CPU_REAL_MODEL_BATCH = 1e-3, 1.0, 8
+# KTO and DPO with LoRA: their gradients are sigmoid-weighted log-ratio terms, not a token's cross-entropy.
+PREFERENCE_LR = {"tiny": 5e-3, "cpu_real": 5e-4, "cuda": 5e-5}
 CUDA_ONLY_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit", "adamw_torch_fused")
 
 
@@ -150,6 +152,13 @@ def resolve(config: TrainConfig, env: Environment, shape: ModelShape) -> Resolve
         tiny_model=tiny,
         packing=config.packing if config.packing is not None else not cpu_real,
     )
+
+
+def preference_learning_rate(resolved: Resolved) -> float:
+    """The default peak learning rate of a KTO or DPO run with these resolved settings."""
+    if resolved.tiny_model:
+        return PREFERENCE_LR["tiny"]
+    return PREFERENCE_LR["cuda" if resolved.device == "cuda" else "cpu_real"]
 
 
 def detect_environment() -> Environment:

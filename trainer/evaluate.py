@@ -55,3 +55,19 @@ def rate(conversations: Sequence[Sequence[dict[str, str]]], answers: Sequence[st
     if not answers:
         return 0.0
     return sum(bool(ok(conv, ans)) for conv, ans in zip(conversations, answers, strict=True)) / len(answers)
+
+
+@torch.no_grad()
+def completion_logprob(model: Any, tokenizer: Any, prompt: Sequence[dict[str, str]], completion: str) -> float:
+    """Sum of log-probabilities of `completion` as the assistant's answer to `prompt` (the preference methods'
+    own measure: DPO raises chosen over rejected)."""
+    context = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": completion}], tokenize=False)
+    if not full.startswith(context):
+        raise ValueError("the chat template renders the prompt differently once an answer follows")
+    prompt_ids = tokenizer(context, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+    logits = model(input_ids=full_ids).logits[0, :-1].float()
+    targets = full_ids[0, 1:]
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+    return float(logprobs[prompt_ids.shape[1] - 1:].sum())

@@ -1,12 +1,14 @@
 """`train(config, dataset_dir) -> TrainResult`: a dataset version in, a LoRA/QLoRA adapter run out.
 
-TRL's SFTTrainer + PEFT do the training; this module decides the device-specific settings, guards the
+TRL's SFTTrainer, KTOTrainer or DPOTrainer + PEFT do the training (the method: `config.method`, `auto` chosen
+from the dataset's views by trainer/methods.py); this module decides the device-specific settings, guards the
 bitsandbytes CPU bug, checkpoints for crash resume, measures the run and publishes it atomically as
 `<runs>/<run_id>/{adapter/, run.json}`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainConfig
-from trainer.data import DatasetVersion, load_dataset_version
-from trainer.defaults import Resolved, detect_environment, resolve, shape_from_config
+from trainer.data import DatasetVersion, load_dataset_version, read_manifest
+from trainer.defaults import Resolved, detect_environment, preference_learning_rate, resolve, shape_from_config
+from trainer.methods import MethodPlan, ViewSizes, plan_method
 from trainer.rundir import PartialRun, open_partial, publish, run_key, utc_now
 
 ADAPTER_DIRNAME = "adapter"
@@ -69,22 +72,38 @@ def runs_root(config: TrainConfig) -> Path:
     return (load_settings().home / "runs").resolve()
 
 
-def plan(config: TrainConfig, dataset_dir: str | Path) -> tuple[str, DatasetVersion, Resolved, dict[str, Any]]:
-    """Everything decided before a model loads; raises ConfigError/DatasetError on bad input."""
-    dataset = load_dataset_version(dataset_dir)
+@dataclass
+class Plan:
+    """Everything decided before a model loads."""
+
+    base_model: str
+    dataset: DatasetVersion
+    resolved: Resolved
+    model_config: dict[str, Any]
+    method: MethodPlan
+
+
+def plan(config: TrainConfig, dataset_dir: str | Path) -> Plan:
+    """Read the dataset's views, choose the method, resolve the settings; ConfigError/DatasetError on bad input."""
+    manifest = read_manifest(dataset_dir)
+    sft_rows = load_dataset_version(dataset_dir, "sft").train if config.method in ("auto", "sft") else []
+    sizes = ViewSizes.from_counts(manifest.get("counts", {}), len(sft_rows))
     base_model = resolve_base_model(config)
     model_config = read_model_config(base_model)
     resolved = resolve(config, detect_environment(), shape_from_config(model_config))
-    return base_model, dataset, resolved, model_config
+    method = plan_method(config.method, sizes, resolved.batch_size)
+    dataset = load_dataset_version(dataset_dir, method.method)
+    if method.method != "sft":
+        rate = config.learning_rate or preference_learning_rate(resolved)
+        resolved = dataclasses.replace(resolved, learning_rate=rate * method.lr_scale, packing=False)
+    return Plan(base_model, dataset, resolved, model_config, method)
 
 
-def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, has_eval: bool,
-                assistant_masks: bool) -> Any:
-    from trl import SFTConfig
-
+def _common_args(config: TrainConfig, resolved: Resolved, partial: PartialRun, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments every method shares."""
     checkpointing = resolved.gradient_checkpointing != "off"  # "selective" is hooked in by prepare_for_training
     warmup: float | int = config.warmup if config.warmup < 1 else int(config.warmup)
-    return SFTConfig(
+    return dict(
         output_dir=str(partial.checkpoints),
         num_train_epochs=resolved.epochs,
         max_steps=config.max_steps or -1,
@@ -101,12 +120,7 @@ def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, ha
         use_cpu=resolved.device == "cpu",
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        packing=resolved.packing,
         max_length=resolved.max_length,
-        assistant_only_loss=config.assistant_only_loss and assistant_masks,
-        # Without template markers the rows are prompt/completion pairs: TRL masks the prompt itself.
-        completion_only_loss=config.assistant_only_loss if not assistant_masks else None,
-        use_liger_kernel=resolved.liger_kernels,
         eval_strategy="epoch" if has_eval and config.eval_each_epoch else "no",
         save_strategy="steps" if config.save_steps else "epoch",
         save_steps=config.save_steps or 500,
@@ -120,6 +134,20 @@ def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, ha
         data_seed=config.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
+    )
+
+
+def _sft_config(config: TrainConfig, resolved: Resolved, partial: PartialRun, has_eval: bool,
+                assistant_masks: bool) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **_common_args(config, resolved, partial, has_eval),
+        packing=resolved.packing,
+        assistant_only_loss=config.assistant_only_loss and assistant_masks,
+        # Without template markers the rows are prompt/completion pairs: TRL masks the prompt itself.
+        completion_only_loss=config.assistant_only_loss if not assistant_masks else None,
+        use_liger_kernel=resolved.liger_kernels,
         include_num_input_tokens_seen="non_padding",
     )
 
@@ -171,6 +199,12 @@ def _save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path, base_model: s
     config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
 
 
+def _loss_masking(method: str, masks: bool) -> str:
+    if method != "sft":
+        return f"{method}: completion log-probabilities against the reference (the base, adapter disabled)"
+    return "assistant tokens (template markers)" if masks else "completion (last assistant turn)"
+
+
 def _parameter_counts(model: Any) -> dict[str, int]:
     trainable, total = model.get_nb_trainable_parameters()
     return {"trainable_parameters": int(trainable), "total_parameters": int(total)}
@@ -185,11 +219,12 @@ def train(
 ) -> TrainResult:
     """Fine-tune `config.base_model` on the dataset version at `dataset_dir` and publish the run."""
     wall_start = time.perf_counter()
-    base_model, dataset, resolved, model_config = plan(config, dataset_dir)
+    decided = plan(config, dataset_dir)
     root = runs_root(config)
-    key = run_key(config.to_dict(), resolved.to_dict(), dataset.identity(), base_model)
+    key = run_key(config.to_dict(), {**decided.resolved.to_dict(), "method": decided.method.to_dict()},
+                  decided.dataset.identity(), decided.base_model)
     with open_partial(root, key, resume=config.resume) as partial:
-        metadata = _train_in(partial, config, dataset, resolved, base_model, model_config, progress, callbacks)
+        metadata = _train_in(partial, config, decided, progress, callbacks)
         metadata.update(key=key, wall_seconds=round(time.perf_counter() - wall_start, 3))
         run_dir = publish(partial, root, metadata)
     metadata = json.loads((run_dir / "run.json").read_text())
@@ -197,24 +232,20 @@ def train(
 
 
 def _train_in(
-    partial: PartialRun,
-    config: TrainConfig,
-    dataset: DatasetVersion,
-    resolved: Resolved,
-    base_model: str,
-    model_config: dict[str, Any],
-    progress: bool,
-    extra_callbacks: Sequence[Any],
+    partial: PartialRun, config: TrainConfig, decided: Plan, progress: bool, extra_callbacks: Sequence[Any],
 ) -> dict[str, Any]:
     import datasets
     import transformers
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
+    from trainer.preference import preference_trainer
     from trainer.callbacks import BnbCpuGuardCallback, RichProgressCallback, ThroughputCallback
     from trainer.metadata import code_revision, device_description, library_versions, loss_curve
     from trainer.modeling import load_base_model, load_tokenizer, prepare_for_training
 
+    dataset, resolved, base_model, model_config = decided.dataset, decided.resolved, decided.base_model, \
+        decided.model_config
     datasets.disable_progress_bars()
     transformers.set_seed(config.seed)
     tokenizer = load_tokenizer(base_model)
@@ -234,15 +265,21 @@ def _train_in(
         callbacks.append(RichProgressCallback())
     has_eval = bool(dataset.eval)
     masks = template_marks_assistant(tokenizer)
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(config, resolved, partial, has_eval, masks),
-        train_dataset=_to_hf_dataset(dataset.train, masks),
-        eval_dataset=_to_hf_dataset(dataset.eval, masks) if has_eval else None,
-        processing_class=tokenizer,
-        peft_config=_lora_config(config),
-        callbacks=callbacks,
-    )
+    if decided.method.method == "sft":
+        trainer = SFTTrainer(
+            model=model,
+            args=_sft_config(config, resolved, partial, has_eval, masks),
+            train_dataset=_to_hf_dataset(dataset.train, masks),
+            eval_dataset=_to_hf_dataset(dataset.eval, masks) if has_eval else None,
+            processing_class=tokenizer,
+            peft_config=_lora_config(config),
+            callbacks=callbacks,
+        )
+    else:
+        trainer = preference_trainer(
+            decided.method, config, _common_args(config, resolved, partial, has_eval), model, tokenizer, dataset,
+            _lora_config(config), callbacks,
+        )
     trainer.remove_callback(PrinterCallback)  # the rich bar (or silence) instead of printed log dicts
     resumed_from = partial.last_checkpoint() if config.resume else None
     output = trainer.train(resume_from_checkpoint=resumed_from)
@@ -270,7 +307,8 @@ def _train_in(
         "libraries": library_versions(),
         "code": code_revision(),
         "device": device_description(resolved.device),
-        "loss_masking": "assistant tokens (template markers)" if masks else "completion (last assistant turn)",
+        "method": decided.method.to_dict(),
+        "loss_masking": _loss_masking(decided.method.method, masks),
         "loss_curve": curve,
         "final_train_loss": curve["train"][-1]["loss"] if curve["train"] else None,
         "mean_train_loss": output.training_loss,
