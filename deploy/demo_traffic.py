@@ -1,9 +1,10 @@
 """Simulated users for the demo and the end-to-end tests: ask through the gateway, rate what comes back.
 
-Each user asks the demo task's questions with the official `openai` client and rates the answer the way a
+Each user asks a demo task's questions with the official `openai` client and rates the answer the way a
 person would (a `Rater`): by default thumbs-up when it is right, thumbs-down when it is not, and three users
-in four also type the right answer as a correction (the others only click thumbs-down). Other raters feed
-the loop poisoned corrections (wrong order numbers), or down-vote even right answers with a lie.
+in four also type the right answer as a correction (the others only click thumbs-down). `thumbs_only` users
+never type anything. Other raters feed the loop poisoned corrections (wrong order numbers), or down-vote even
+right answers with a lie.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 import httpx
 import openai
 
-from trainer.demo_task import format_ok, is_correct
+from deploy.demo_tasks import ORDERS, DemoTask
+from trainer.demo_task import is_correct
 
 # (example messages with the reference answer last, the served answer, user number) -> (rating, correction)
 Rater = Callable[[list[dict[str, Any]], str, int], tuple[str, str | None]]
@@ -35,6 +37,15 @@ def honest_rater(messages: list[dict[str, Any]], answer: str, user: int) -> tupl
     if is_correct(messages, answer):
         return "up", None
     return "down", messages[-1]["content"] if _corrects(user) else None
+
+
+def thumbs_only(task: DemoTask) -> Rater:
+    """Users who click thumbs-up on a right answer and thumbs-down on any other, and never type a correction."""
+
+    def rate(messages: list[dict[str, Any]], answer: str, user: int) -> tuple[str, str | None]:
+        return ("up" if task.is_correct(messages, answer) else "down"), None
+
+    return rate
 
 
 def wrong_order_number(messages: list[dict[str, Any]]) -> str:
@@ -99,10 +110,13 @@ async def simulate_users(
     concurrency: int = 8,
     rate: bool = True,
     rater: Rater = honest_rater,
-    max_tokens: int = 40,
+    task: DemoTask = ORDERS,
     on_answer: Callable[[], None] | None = None,
+    seed: int = 0,
 ) -> TrafficSummary:
-    """Send each example's question (system + user turns) as one user; rate the answer unless `rate` is off."""
+    """Send each example's question (system + user turns) as one user, sampled at the task's temperature (each
+    request seeded from `seed` and its position, so a replay gets the same answers); rate the answer unless
+    `rate` is off."""
     summary = TrafficSummary()
     client = openai.AsyncOpenAI(base_url=gateway_url + "/v1", api_key=api_key, max_retries=2, timeout=120)
     feedback = httpx.AsyncClient(base_url=gateway_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60)
@@ -115,7 +129,8 @@ async def simulate_users(
         async with gate:
             try:
                 raw = await client.chat.completions.with_raw_response.create(
-                    model=alias, messages=prompt, max_tokens=max_tokens, temperature=0, user=user
+                    model=alias, messages=prompt, max_tokens=task.max_tokens, temperature=task.temperature,
+                    user=user, seed=seed * 1_000_003 + index,
                 )
             except openai.APIError:
                 summary.by_version["(error)"].errors += 1
@@ -125,8 +140,8 @@ async def simulate_users(
             answer = completion.choices[0].message.content or ""
             tally = summary.by_version[version]
             tally.requests += 1
-            tally.format_ok += format_ok(answer)
-            right = is_correct(example["messages"], answer)
+            tally.format_ok += task.format_ok(answer)
+            right = task.is_correct(example["messages"], answer)
             tally.correct += right
             if rate:
                 rating, correction = rater(example["messages"], answer, user_number)

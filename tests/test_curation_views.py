@@ -103,7 +103,7 @@ def test_a_prompt_is_on_the_same_side_of_the_split_in_every_view(any_db_url: str
             store.add(question=question, answer=f"Bad {i}.", votes=(("down", None),))
     result = curate(engine, tmp_path, _policy(eval_fraction=0.2, min_eval_examples=0), "support")
     side: dict[str, set[str]] = {}
-    for view, splits in _views(result).items():
+    for splits in _views(result).values():
         for split, rows in splits.items():
             for row in rows:
                 side.setdefault(_question(row), set()).add(split)

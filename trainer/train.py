@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainConfig
-from trainer.data import DatasetVersion, load_dataset_version, read_manifest
+from trainer.data import VIEW_FILES, DatasetVersion, load_dataset_version, read_manifest, read_split
 from trainer.defaults import Resolved, detect_environment, preference_learning_rate, resolve, shape_from_config
 from trainer.methods import MethodPlan, ViewSizes, plan_method
 from trainer.rundir import PartialRun, open_partial, publish, run_key, utc_now
@@ -86,8 +86,8 @@ class Plan:
 def plan(config: TrainConfig, dataset_dir: str | Path) -> Plan:
     """Read the dataset's views, choose the method, resolve the settings; ConfigError/DatasetError on bad input."""
     manifest = read_manifest(dataset_dir)
-    sft_rows = load_dataset_version(dataset_dir, "sft").train if config.method in ("auto", "sft") else []
-    sizes = ViewSizes.from_counts(manifest.get("counts", {}), len(sft_rows))
+    n_sft = len(read_split(Path(dataset_dir) / VIEW_FILES["sft"][0])) if config.method in ("auto", "sft") else 0
+    sizes = ViewSizes.from_counts(manifest.get("counts", {}), n_sft)
     base_model = resolve_base_model(config)
     model_config = read_model_config(base_model)
     resolved = resolve(config, detect_environment(), shape_from_config(model_config))
@@ -239,10 +239,10 @@ def _train_in(
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from trainer.preference import preference_trainer
     from trainer.callbacks import BnbCpuGuardCallback, RichProgressCallback, ThroughputCallback
     from trainer.metadata import code_revision, device_description, library_versions, loss_curve
     from trainer.modeling import load_base_model, load_tokenizer, prepare_for_training
+    from trainer.preference import preference_trainer
 
     dataset, resolved, base_model, model_config = decided.dataset, decided.resolved, decided.base_model, \
         decided.model_config

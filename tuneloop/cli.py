@@ -90,6 +90,9 @@ def demo_command(
     home: Path = typer.Option(Path("var/demo"), help="A fresh data directory for the simulated day."),
     morning: int = typer.Option(240, min=1, help="Questions before the cycle."),
     afternoon: int = typer.Option(160, min=1, help="Questions per canary round."),
+    feedback: str = typer.Option(
+        "corrections", help="corrections: users type the right answer to most thumbs-down (orders task); "
+        "thumbs-only: users only click, on a task the base model gets right part of the time (sentiment)."),
 ) -> None:
     """Play a day in fast motion: users, ratings, one improvement cycle, canary, before/after figures."""
     import shutil
@@ -98,13 +101,18 @@ def demo_command(
     from deploy.launcher import Launcher
     from deploy.quickstart import ensure_base_model
 
+    try:
+        day = DemoConfig.for_feedback(feedback, morning_requests=morning, afternoon_requests=afternoon)
+    except ValueError as exc:
+        console.print(f"[red]error[/]: --{exc}")
+        raise typer.Exit(2) from None
     base = load_settings()
     model = ensure_base_model(base, console)  # under the main HOME: a rerun of the demo reuses it
     if home.exists():
         shutil.rmtree(home)
     settings = base.model_copy(update={"home": home, "database_url": "", "base_model": model, "upstreams": {}})
     try:
-        report = run_demo(settings, console, DemoConfig(morning_requests=morning, afternoon_requests=afternoon))
+        report = run_demo(settings, console, day)
     finally:
         Launcher.for_settings(make_engine(settings.resolved_database_url), settings).stop_all("demo finished")
     console.print(report.table())
