@@ -79,7 +79,12 @@ def with_corrections(source_db: Path, target_db: Path) -> int:
 
     from feedback.models import Interaction
 
-    shutil.copyfile(source_db, target_db)
+    import sqlite3
+
+    source, target = sqlite3.connect(source_db), sqlite3.connect(target_db)
+    source.backup(target)  # the store runs in WAL mode: a file copy could miss the latest writes
+    source.close()
+    target.close()
     engine = make_engine(f"sqlite:///{target_db}")
     corrected = 0
     with Session(engine) as session:
@@ -130,8 +135,8 @@ def main() -> None:
     thumbs_db = Path(url.removeprefix("sqlite:///"))
     corrected_db = args.home / "corrected.db"
     n_corrected = with_corrections(thumbs_db, corrected_db)
-    policy = CurationPolicy(eval_fraction=0.1, min_eval_examples=8)
     model = load_settings().resolved_base_model
+    policy = CurationPolicy(eval_fraction=0.1, min_eval_examples=8, tokenizer=model)
     datasets = {}
     for name, db in (("thumbs", thumbs_db), ("corrected", corrected_db)):
         engine = make_engine(f"sqlite:///{db}")

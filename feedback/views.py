@@ -14,6 +14,9 @@ the view, and against the view's rows in earlier versions) and the prompt-hash s
 prompt, so a prompt is on the same side in every view). Near-duplicates are looked for among rows of one label
 only: a right and a wrong answer to one prompt differ by a few characters, and that difference is the signal.
 The answers waiting to be paired are held in memory: one entry per rated answer kept in the kto view.
+Counts per view: `excluded` names why an interaction gave the view nothing (for dpo: why it gave no correction
+pair, `thumbs_up` or `no_correction`; its answer may still pair with another by prompt), `selected` the rows
+made by kind, then `filtered`, `deduplicated`, `split` (and `labels` of the kto train split).
 """
 
 from __future__ import annotations

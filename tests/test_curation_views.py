@@ -20,6 +20,17 @@ def _views(result) -> dict[str, dict[str, list[dict]]]:
             for view, prefix in (("sft", ""), ("kto", "kto_"), ("dpo", "dpo_"))}
 
 
+def _sides(result) -> dict[str, set[str]]:
+    """Question -> the splits it appears in, over every view; asserts each question is on one side only."""
+    side: dict[str, set[str]] = {}
+    for splits in _views(result).values():
+        for split, rows in splits.items():
+            for row in rows:
+                side.setdefault(_question(row), set()).add(split)
+    assert all(len(sides) == 1 for sides in side.values()), {q: s for q, s in side.items() if len(s) > 1}
+    return side
+
+
 def _question(row: dict) -> str:
     messages = row.get("prompt") or row["messages"][:-1]
     return next(m["content"] for m in messages if m["role"] == "user")
@@ -102,12 +113,7 @@ def test_a_prompt_is_on_the_same_side_of_the_split_in_every_view(any_db_url: str
         else:  # only the preference views see these
             store.add(question=question, answer=f"Bad {i}.", votes=(("down", None),))
     result = curate(engine, tmp_path, _policy(eval_fraction=0.2, min_eval_examples=0), "support")
-    side: dict[str, set[str]] = {}
-    for splits in _views(result).values():
-        for split, rows in splits.items():
-            for row in rows:
-                side.setdefault(_question(row), set()).add(split)
-    assert all(len(sides) == 1 for sides in side.values()), {q: s for q, s in side.items() if len(s) > 1}
+    side = _sides(result)
     eval_questions = {q for q, s in side.items() if s == {"eval"}}
     assert 4 <= len(eval_questions) <= 24  # the hash split, not everything on one side
     counts = result.counts["views"]
@@ -124,12 +130,7 @@ def test_the_top_up_of_a_small_eval_split_takes_whole_prompts_across_views(any_d
         store.add(question=f"Order {i * 13} is late, ref {i}", answer=f"Bad {i}.", votes=(("down", f"Fixed {i}."),))
         store.add(question=f"Invoice {i * 17} is wrong, ref {i}", answer=f"No {i}.", votes=(("down", None),))
     result = curate(engine, tmp_path, _policy(eval_fraction=0.0, min_eval_examples=4), "support")
-    side: dict[str, set[str]] = {}
-    for splits in _views(result).values():
-        for split, rows in splits.items():
-            for row in rows:
-                side.setdefault(_question(row), set()).add(split)
-    assert all(len(sides) == 1 for sides in side.values()), {q: s for q, s in side.items() if len(s) > 1}
+    side = _sides(result)
     assert sum(1 for sides in side.values() if sides == {"eval"}) == 4
     counts = result.counts
     assert counts["split"]["eval"] == counts["views"]["dpo"]["split"]["eval"] == counts["split"]["eval_promoted"]
