@@ -21,9 +21,10 @@ from tuneloop.settings import Settings
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(1800)  # a KTO run over ~200 rows: 4 min on 2 free cores, several times that on a busy box
 def test_a_thumbs_only_day_is_learned_with_kto_and_promoted(tmp_path: Path, real_model_dir: Path) -> None:
     settings = Settings(home=tmp_path, base_model=str(real_model_dir), routing_cache_s=0.5)
-    config = DemoConfig.for_feedback("thumbs-only", morning_requests=240, afternoon_requests=120, heldout=60)
+    config = DemoConfig.for_feedback("thumbs-only", morning_requests=200, afternoon_requests=120, heldout=60)
     try:
         report = run_demo(settings, Console(width=120), config)
     finally:
