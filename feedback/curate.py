@@ -52,7 +52,7 @@ from feedback.policy import CurationPolicy
 from feedback.scrub import Scrubber
 from feedback.selection import count_window, iter_rated_interactions, rate_interaction, sft_example
 from feedback.split import eval_cutoff, split_fraction
-from feedback.views import PREFERENCE_VIEWS, PreferenceViews, view_counts
+from feedback.views import PREFERENCE_VIEWS, PreferenceViews, kto_label_counts, load_earlier_views, view_counts
 from tuneloop.settings import DEFAULT_BASE_DIR, Settings
 
 ALL_HISTORY = datetime(1970, 1, 1, tzinfo=UTC)  # pass as `since` to ignore earlier datasets' windows
@@ -132,7 +132,7 @@ def curate(
         earlier = 0
         if policy.dedup_against_earlier_versions:
             earlier = _load_earlier_versions(engine, alias, dedup, policy)
-            _load_earlier_views(engine, alias, views)
+            load_earlier_views(list_datasets(engine, alias), views)
         in_window, rated = count_window(engine, alias, since, until)
         stats.excluded["no_feedback"] = in_window - rated
         for view_stats in views.stats.values():
@@ -190,7 +190,7 @@ def curate(
                 # one scrubber reads the texts of both preference views
                 "preference_scrubbed": dict(sorted((k, v) for k, v in views.scrubber.counts.items() if v)),
                 "kto": view_counts(views.stats["kto"], *view_split["kto"],
-                                   {"labels": _kto_labels(work / VIEW_FILES["kto"][0])}),
+                                   {"labels": kto_label_counts(work / VIEW_FILES["kto"][0])}),
                 "dpo": view_counts(views.stats["dpo"], *view_split["dpo"]),
             },
         }
@@ -323,16 +323,6 @@ def _load_earlier_versions(engine: Engine, alias: str, dedup: Deduplicator, poli
     return loaded
 
 
-def _load_earlier_views(engine: Engine, alias: str, views: PreferenceViews) -> None:
-    """The preference rows of earlier versions (those built before the views existed have none)."""
-    for dataset in list_datasets(engine, alias):
-        for view in PREFERENCE_VIEWS:
-            for path in dataset.view_paths(view):
-                if path.exists():
-                    with path.open(encoding="utf-8") as handle:
-                        views.add_earlier(view, [json.loads(line) for line in handle if line.strip()])
-
-
 def _write_splits(work: Path, kept_name: str, names: tuple[str, str], to_eval: list[bool]) -> dict[str, str]:
     """Route a view's kept lines (stream order) to its train and eval files; the sha256 of each file."""
     train_name, eval_name = names
@@ -356,15 +346,6 @@ def _dataset_sha256(alias: str, file_sha: dict[str, str]) -> str:
     """The version's content hash: the alias and every view's files, in a fixed order."""
     ordered = [file_sha[name] for view in VIEW_FILES for name in VIEW_FILES[view]]
     return hashlib.sha256(("\n".join([alias, *ordered]) + "\n").encode()).hexdigest()
-
-
-def _kto_labels(train_path: Path) -> dict[str, int]:
-    """Desirable / undesirable rows of the kto view's train split (the trainer weighs the classes by them)."""
-    labels: Counter[bool] = Counter()
-    with train_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            labels[bool(json.loads(line)["label"])] += 1
-    return {"desirable": labels[True], "undesirable": labels[False]}
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any], sources: Path) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from feedback.datasets import DatasetPublic
 from feedback.dedup import normalise_text
 from feedback.examples import Messages
 from feedback.filters import RefusalFilter, TokenCounter, apply_system_prompt, length_reason
@@ -257,3 +258,22 @@ def view_counts(stats: ViewStats, n_train: int, n_eval: int, extra: dict[str, An
         "split": {"train": n_train, "eval": n_eval},
         **(extra or {}),
     }
+
+
+def load_earlier_views(datasets: list[DatasetPublic], views: PreferenceViews) -> None:
+    """The preference rows of earlier versions (those built before the views existed have none)."""
+    for dataset in datasets:
+        for view in PREFERENCE_VIEWS:
+            for path in dataset.view_paths(view):
+                if path.exists():
+                    with path.open(encoding="utf-8") as handle:
+                        views.add_earlier(view, [json.loads(line) for line in handle if line.strip()])
+
+
+def kto_label_counts(train_path: Path) -> dict[str, int]:
+    """Desirable / undesirable rows of the kto view's train split (the trainer weighs the classes by them)."""
+    labels: Counter[bool] = Counter()
+    with train_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            labels[bool(json.loads(line)["label"])] += 1
+    return {"desirable": labels[True], "undesirable": labels[False]}

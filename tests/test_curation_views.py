@@ -4,11 +4,12 @@ one split for all views, and an id that covers them all."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 from feedback.curate import curate
 from feedback.datasets import get_dataset
-from tests.test_curation import Store, _lines, _policy
+from tests.test_curation import T0, Store, _lines, _policy
 from tuneloop.db import make_engine
 
 REFUSAL = "I'm sorry, but I cannot help with that request."
@@ -159,3 +160,23 @@ def test_the_id_covers_every_view(tmp_path: Path) -> None:
     manifest = json.loads(first.paths["manifest"].read_text())
     assert set(manifest["files"]) == {"train.jsonl", "eval.jsonl", "kto_train.jsonl", "kto_eval.jsonl",
                                       "dpo_train.jsonl", "dpo_eval.jsonl"}
+
+
+def test_a_preference_learned_in_an_earlier_version_is_not_learned_again(any_db_url: str, tmp_path: Path) -> None:
+    engine = make_engine(any_db_url)
+    store = Store(engine, seed=7)
+    store.add(question="What is the refund window?", answer="Ninety years.", votes=(("down", None),), minute=1)
+    store.add(question="Where is parcel 77?", answer="It is lost.", votes=(("down", "It arrives Monday."),), minute=2)
+    everything_trained = _policy(eval_fraction=0.0, min_eval_examples=0)
+    first = curate(engine, tmp_path, everything_trained, "support", until=T0 + timedelta(minutes=10))
+    assert first.counts["views"]["kto"]["labels"] == {"desirable": 1, "undesirable": 2}
+    # The next day: the same wrong answers again, and one new one.
+    store.add(question="What is the refund window?", answer="Ninety years.", votes=(("down", None),), minute=20)
+    store.add(question="Where is parcel 77?", answer="It is lost.", votes=(("down", "It arrives Monday."),), minute=21)
+    store.add(question="Do you ship to Oslo?", answer="Only by camel.", votes=(("down", None),), minute=22)
+    second = curate(engine, tmp_path, everything_trained, "support", until=T0 + timedelta(minutes=30))
+    kto, dpo = second.counts["views"]["kto"], second.counts["views"]["dpo"]
+    assert kto["deduplicated"] == {"exact_duplicate_of_earlier_version": 3}
+    assert kto["labels"] == {"desirable": 0, "undesirable": 1}
+    assert dpo["deduplicated"] == {"exact_duplicate_of_earlier_version": 1}
+    assert dpo["split"] == {"train": 0, "eval": 0}
