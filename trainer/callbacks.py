@@ -76,7 +76,8 @@ class ThroughputCallback(TrainerCallback):
         return {
             "tokens_trained": self.tokens,
             "step_seconds_total": round(seconds, 3),
-            "tokens_per_second": round(self.tokens / seconds, 1) if seconds else None,
+            # None when the trainer counts no input tokens (KTO/DPO batches have no single `input_ids`)
+            "tokens_per_second": round(self.tokens / seconds, 1) if seconds and self.tokens else None,
             "steps_timed": len(self.step_seconds),
             **peak_memory(),
         }
