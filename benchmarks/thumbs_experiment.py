@@ -75,11 +75,11 @@ def morning_traffic(home: Path, n: int, users: int, heldout: list[dict[str, Any]
 
 def with_corrections(source_db: Path, target_db: Path) -> int:
     """A copy of the store in which every thumbs-down carries the right label as its correction."""
+    import sqlite3
+
     from sqlmodel import Session, select
 
     from feedback.models import Interaction
-
-    import sqlite3
 
     source, target = sqlite3.connect(source_db), sqlite3.connect(target_db)
     source.backup(target)  # the store runs in WAL mode: a file copy could miss the latest writes
