@@ -15,7 +15,8 @@ prompt, so a prompt is on the same side in every view). Near-duplicates are look
 only: a right and a wrong answer to one prompt differ by a few characters, and that difference is the signal.
 The answers waiting to be paired are held in memory: one entry per rated answer kept in the kto view.
 Counts per view: `excluded` names why an interaction gave the view nothing (for dpo: why it gave no correction
-pair, `thumbs_up` or `no_correction`; its answer may still pair with another by prompt), `selected` the rows
+pair: `thumbs_up`, `no_correction`, `empty_answer`, `correction_same_as_answer`; its answer may still pair
+with another by prompt), `selected` the rows
 made by kind, then `filtered`, `deduplicated`, `split` (and `labels` of the kto train split).
 """
 
@@ -124,6 +125,15 @@ def thumbs_pairs(ups: list[tuple[str, str]], downs: list[tuple[str, str]], promp
     return pairs
 
 
+def _no_pair_reason(rated: Rated, answer: str, correction: str | None) -> str:
+    """Why an interaction gave the dpo view no correction pair."""
+    if rated.verdict == "up":
+        return "thumbs_up"
+    if correction is None:
+        return "no_correction"
+    return "empty_answer" if not answer.strip() else "correction_same_as_answer"
+
+
 def _dedup(policy: CurationPolicy) -> Deduplicator:
     return Deduplicator(num_perm=policy.num_perm, shingle_size=policy.shingle_size,
                         threshold=policy.near_dup_threshold, seed=policy.minhash_seed,
@@ -174,8 +184,8 @@ class PreferenceViews:
             made, excluded = preference_rows(rated, prompt, answer, correction)
             for reason in excluded:
                 self.stats["kto"].excluded[reason] += 1
-            if rated.correction is None:
-                self.stats["dpo"].excluded["no_correction" if rated.verdict == "down" else "thumbs_up"] += 1
+            if not any(row.view == "dpo" for row in made):
+                self.stats["dpo"].excluded[_no_pair_reason(rated, answer, correction)] += 1
             rows += made
             for row in made:
                 if row.view == "kto" and row.kind != "correction":

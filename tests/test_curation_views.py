@@ -71,7 +71,7 @@ def test_every_rule_and_every_count_of_the_three_views(any_db_url: str, tmp_path
     assert kto_counts["labels"] == {"desirable": 9, "undesirable": 4}
     assert kto_counts["split"] == {"train": 13, "eval": 0}
     assert dpo_counts["selected"] == {"correction": 1, "thumbs_pair": 1}
-    assert dpo_counts["excluded"] == {**shared, "no_correction": 3, "thumbs_up": 11}
+    assert dpo_counts["excluded"] == {**shared, "empty_answer": 1, "no_correction": 3, "thumbs_up": 11}
     assert dpo_counts["split"] == {"train": 2, "eval": 0}
     assert counts["views"]["preference_scrubbed"] == {"email": 1}
 
@@ -180,3 +180,14 @@ def test_a_preference_learned_in_an_earlier_version_is_not_learned_again(any_db_
     assert kto["labels"] == {"desirable": 0, "undesirable": 1}
     assert dpo["deduplicated"] == {"exact_duplicate_of_earlier_version": 1}
     assert dpo["split"] == {"train": 0, "eval": 0}
+
+
+def test_a_correction_that_repeats_the_answer_makes_no_pair() -> None:
+    from feedback.selection import Rated
+    from feedback.views import preference_rows
+
+    prompt = [{"role": "user", "content": "Where is parcel 77?"}]
+    rated = Rated(prompt, "It arrives Monday.", "down", "it arrives  monday.", False, "req-1")
+    rows, excluded = preference_rows(rated, prompt, rated.answer, rated.correction)
+    assert [(r.view, r.kind, r.label) for r in rows] == [("kto", "thumbs_down", False), ("kto", "correction", True)]
+    assert excluded == []
