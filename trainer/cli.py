@@ -59,7 +59,7 @@ def train_command(
         f"{result.final_train_loss:.4f}" if result.final_train_loss is not None else "-",
         f"{result.final_eval_loss:.4f}" if result.final_eval_loss is not None else "-",
         str(meta["global_step"]),
-        f"{meta['throughput']['tokens_per_second'] or 0:,.0f}",
+        f"{meta['throughput']['tokens_per_second']:,.0f}" if meta["throughput"]["tokens_per_second"] else "-",
         _human_bytes(peak),
         f"{meta['wall_seconds']:.0f} s",
     )
