@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import _thread
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -65,7 +67,21 @@ def up_command() -> None:
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that ends the process
     # before `finally` runs and the vLLM servers outlive it (seen). Turned into SystemExit, the cleanup runs. It is
     # installed first: a SIGTERM that came between the banner and a later install left vLLM running (seen in CI).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A SystemExit raised while a gc callback runs is printed and dropped ("Exception ignored in ...", seen in
+    # CI), so until the cleanup has begun a watchdog delivers the signal again.
+    stopping, cleaning = threading.Event(), threading.Event()
+
+    def on_sigterm(*_: object) -> None:
+        stopping.set()
+        sys.exit(143)
+
+    def redeliver() -> None:
+        stopping.wait()
+        while not cleaning.wait(1.0):
+            _thread.interrupt_main(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    threading.Thread(target=redeliver, name="sigterm-redeliver", daemon=True).start()
     settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
@@ -80,6 +96,7 @@ def up_command() -> None:
             console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
     finally:
+        cleaning.set()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         launcher.stop_all("tuneloop up stopped")
