@@ -26,6 +26,12 @@ from trainer.demo_task import is_correct
 # (example messages with the reference answer last, the served answer, user number) -> (rating, correction)
 Rater = Callable[[list[dict[str, Any]], str, int], tuple[str, str | None]]
 CORRECTING_USERS = 0.75  # share of users who type the right answer after a thumbs-down
+# uvicorn closes a keep-alive connection after 5 s idle and httpx keeps one for 5 s too, so a rating sent on a
+# connection the server is closing at that moment fails with ReadError (seen once in CI, on a loaded box, as
+# answers took seconds). Drop idle connections well before the server does, and resend a rating whose
+# connection broke: the gateway keeps one rating per (answer, user), so a resend replaces rather than adds.
+FEEDBACK_KEEPALIVE_S = 2.0
+FEEDBACK_ATTEMPTS = 3
 
 
 def _corrects(user: int) -> bool:
@@ -100,6 +106,20 @@ class TrafficSummary:
         return sum(t.requests for t in self.by_version.values())
 
 
+async def post_feedback(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """POST one rating; resend it when the connection breaks (safe: a rating is an upsert per answer and user)."""
+    for attempt in range(1, FEEDBACK_ATTEMPTS + 1):
+        try:
+            response = await client.post("/v1/feedback", json=body)
+        except httpx.TransportError:
+            if attempt == FEEDBACK_ATTEMPTS:
+                raise
+            continue
+        response.raise_for_status()
+        return response.json()
+    raise AssertionError("unreachable")
+
+
 async def simulate_users(
     gateway_url: str,
     api_key: str,
@@ -119,7 +139,8 @@ async def simulate_users(
     `rate` is off."""
     summary = TrafficSummary()
     client = openai.AsyncOpenAI(base_url=gateway_url + "/v1", api_key=api_key, max_retries=2, timeout=120)
-    feedback = httpx.AsyncClient(base_url=gateway_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60)
+    feedback = httpx.AsyncClient(base_url=gateway_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60,
+                                 limits=httpx.Limits(keepalive_expiry=FEEDBACK_KEEPALIVE_S))
     gate = asyncio.Semaphore(concurrency)
 
     async def one(index: int, example: dict[str, Any]) -> None:
@@ -153,7 +174,7 @@ async def simulate_users(
                     tally.thumbs_up += 1
                 else:
                     tally.thumbs_down += 1
-                (await feedback.post("/v1/feedback", json=body)).raise_for_status()
+                await post_feedback(feedback, body)
             if on_answer:
                 on_answer()
 
