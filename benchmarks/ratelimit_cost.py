@@ -21,8 +21,8 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
+from core.api_keys import Scope
 from gateway.auth import Principal
-from gateway.keys import Scope
 from gateway.ratelimit import RateLimiter
 
 

@@ -26,25 +26,25 @@ from sqlalchemy import update
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from core.db import make_engine, migrate  # noqa: E402
+from core.settings import load_settings  # noqa: E402
 from deploy.demo_tasks import SENTIMENT  # noqa: E402
 from deploy.demo_traffic import simulate_users, thumbs_only  # noqa: E402
 from feedback.curate import curate  # noqa: E402
 from feedback.models import Feedback  # noqa: E402
 from feedback.policy import CurationPolicy  # noqa: E402
 from trainer.sentiment_task import expected_label  # noqa: E402
-from tuneloop.db import make_engine, migrate  # noqa: E402
-from tuneloop.settings import load_settings  # noqa: E402
 
 ALIAS = "reviews"
 
 
 def morning_traffic(home: Path, n: int, users: int, heldout: list[dict[str, Any]], seed: int) -> tuple[str, dict]:
     """Ask n questions (none of them held out) through the gateway, rated by thumbs only; the store's URL."""
+    from core.api_keys import Scope, create_key
     from deploy.inprocess import serve_in_thread
     from deploy.launcher import Launcher
     from deploy.quickstart import ensure_base_model
     from gateway.app import create_app
-    from gateway.keys import Scope, create_key
     from registry import store
 
     console = Console()

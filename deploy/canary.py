@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
+from core.clock import utcnow
+from core.deployments_table import DeploymentStatus
 from deploy.analysis import Action, Analysis, ArmFigures, CanaryPolicy, analyse
 from deploy.deployments import DeploymentError, active_deployment, active_deployments
 from deploy.figures import arm_figures
 from deploy.launcher import Launcher
-from deploy.models import DeploymentStatus
-from feedback.models import utcnow
 from registry import store
 from registry.errors import (
     GateNotPassed,
@@ -122,13 +122,9 @@ def evaluate(engine: Engine, alias: str, policy: CanaryPolicy, *, now: datetime 
     versions = [state.production_id, state.canary_id]
     started = stage_started_at(engine, state)
     figures = arm_figures(engine, alias, versions, started)
-    running_s = ((now or utcnow()) - _as_utc(started)).total_seconds()
+    running_s = ((now or utcnow()) - started).total_seconds()
     return state, figures, analyse(figures[state.production_id], figures[state.canary_id], policy,
                                    canary_weight=state.canary_weight, stage_running_s=running_s)
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def step(engine: Engine, alias: str, policy: CanaryPolicy, *, launcher: Launcher | None = None,

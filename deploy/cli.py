@@ -42,8 +42,8 @@ def _refusals() -> Iterator[None]:
 
 
 def _engine() -> Any:
-    from tuneloop.db import make_engine, migrate
-    from tuneloop.settings import load_settings
+    from core.db import make_engine, migrate
+    from core.settings import load_settings
 
     settings = load_settings()
     migrate(settings.resolved_database_url)
@@ -51,8 +51,8 @@ def _engine() -> Any:
 
 
 def _launcher(engine: Any, mode: str = "auto") -> Any:
+    from core.settings import load_settings
     from deploy.launcher import Launcher
-    from tuneloop.settings import load_settings
 
     return Launcher.for_settings(engine, load_settings(), mode=mode)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from core.clock import utcnow
 from deploy.cycle_runs import (
     CycleRunPublic,
     RunStatus,
@@ -34,7 +35,6 @@ from deploy.cycle_runs import (
     unfinished_runs,
     update_run,
 )
-from feedback.models import utcnow
 
 log = logging.getLogger("tuneloop.cycle")
 

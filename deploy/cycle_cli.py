@@ -8,10 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.db import make_engine, migrate
+from core.settings import load_settings
 from deploy.cycle_runs import get_run, list_runs
 from deploy.scheduler import ScheduleError, scheduled_cycle, set_schedule, show_schedule
-from tuneloop.db import make_engine, migrate
-from tuneloop.settings import load_settings
 
 cycle_app = typer.Typer(help="The improvement cycle: curate, train, merge, gate, canary.", no_args_is_help=True)
 schedule_app = typer.Typer(help="When the cycle runs (APScheduler, stored in the database).", no_args_is_help=True)

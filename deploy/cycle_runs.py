@@ -7,7 +7,7 @@ on SQLite), so two schedulers on two machines never both win.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy import JSON, Column, Engine, String, Text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, select
 
-from feedback.models import utcnow
+from core.clock import UTCDateTime, utcnow
 
 
 class RunStatus(StrEnum):
@@ -31,9 +31,9 @@ class Lease(SQLModel, table=True):
 
     name: str = Field(primary_key=True)
     holder: str
-    acquired_at: datetime = Field(default_factory=utcnow)
-    heartbeat_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime
+    acquired_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class CycleRunBase(SQLModel):
@@ -46,8 +46,8 @@ class CycleRunBase(SQLModel):
     version_id: str | None = None
     figures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text))
-    started_at: datetime = Field(default_factory=utcnow, index=True)
-    finished_at: datetime | None = None
+    started_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class CycleRun(CycleRunBase, table=True):
@@ -66,8 +66,8 @@ class CycleStepBase(SQLModel):
     status: RunStatus = Field(default=RunStatus.running, sa_type=String(16))
     figures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text))
-    started_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    started_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class CycleStep(CycleStepBase, table=True):
@@ -90,7 +90,7 @@ def acquire_lease(engine: Engine, name: str, holder: str, ttl_s: float) -> bool:
     now = utcnow()
     with Session(engine) as session:
         row = session.exec(select(Lease).where(Lease.name == name).with_for_update()).first()
-        if row is not None and row.holder != holder and _aware(row.expires_at) > now:
+        if row is not None and row.holder != holder and row.expires_at > now:
             return False
         if row is None:
             row = Lease(name=name, holder=holder, expires_at=now + timedelta(seconds=ttl_s))
@@ -129,10 +129,6 @@ def release_lease(engine: Engine, name: str, holder: str) -> None:
         if row is not None and row.holder == holder:
             session.delete(row)
             session.commit()
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def start_run(engine: Engine, alias: str, trigger: str, holder: str) -> CycleRun:

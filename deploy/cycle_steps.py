@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from core.settings import Settings
 from deploy.canary import start as start_canary
 from deploy.cycle import CycleContext, SkipCycle, Step
 from deploy.cycle_runs import CycleRunPublic
@@ -30,7 +31,6 @@ from registry.gate import GatePolicy
 from registry.gating import Endpoint, gate_version
 from registry.judges import Judge, judge_from_settings
 from registry.models import ModelVersionCreate, VersionStatus
-from tuneloop.settings import Settings
 
 log = logging.getLogger("tuneloop.cycle")
 

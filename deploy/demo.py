@@ -21,6 +21,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from core.api_keys import Scope, create_key
+from core.db import make_engine, migrate
+from core.settings import Settings
 from deploy.analysis import CanaryPolicy
 from deploy.canary import step as canary_step
 from deploy.cycle import run_cycle
@@ -31,12 +34,9 @@ from deploy.demo_traffic import Rater, TrafficSummary, honest_rater, simulate_us
 from deploy.inprocess import serve_in_thread
 from deploy.launcher import Launcher
 from deploy.quickstart import ensure_base_model
-from gateway.keys import Scope, create_key
 from registry import store
 from registry.evaluate import evaluate_endpoint, examples_from_records
 from registry.reference_judge import ReferenceJudge
-from tuneloop.db import make_engine, migrate
-from tuneloop.settings import Settings
 
 # The trainer's defaults for the machine (trainer/defaults.py); per-epoch eval is skipped to save time.
 DEMO_TRAIN = {"eval_each_epoch": False}

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from deploy.models import ACTIVE_STATUSES, Deployment, DeploymentCreate, DeploymentPublic, DeploymentStatus
-from feedback.models import utcnow
+from core.clock import utcnow
+from core.deployments_table import ACTIVE_STATUSES, Deployment, DeploymentCreate, DeploymentPublic, DeploymentStatus
 
 
 class DeploymentError(RuntimeError):

@@ -22,6 +22,9 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
+from core.clock import utcnow
+from core.deployments_table import DeploymentCreate, DeploymentMode, DeploymentPublic, DeploymentStatus
+from core.settings import Settings
 from deploy.deployments import (
     DeploymentError,
     active_deployment,
@@ -31,7 +34,6 @@ from deploy.deployments import (
     record_deployment,
     set_status,
 )
-from deploy.models import DeploymentCreate, DeploymentMode, DeploymentPublic, DeploymentStatus
 from deploy.vllm import (
     VLLMServerConfig,
     VLLMStartError,
@@ -41,10 +43,8 @@ from deploy.vllm import (
     stop_process_group,
 )
 from deploy.vllm_http import in_flight, is_healthy, is_vllm_process, load_adapter, served_models, unload_adapter
-from feedback.models import utcnow
 from registry.models import ModelVersionPublic
 from registry.store import get_version, list_versions
-from tuneloop.settings import Settings
 
 log = logging.getLogger("tuneloop.deploy")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from core.api_keys import Scope, create_key
+from core.db import make_engine, migrate
+from core.settings import Settings
 from deploy.launcher import Launcher
-from gateway.keys import Scope, create_key
 from registry.store import get_aliases, register_base
-from tuneloop.db import make_engine, migrate
-from tuneloop.settings import Settings
 
 DEFAULT_ALIAS = "demo"
 

@@ -17,8 +17,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings, load_settings
+from core.db import make_engine
+from core.settings import Settings, load_settings
 
 log = logging.getLogger("tuneloop.scheduler")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from core.clock import as_utc
+from core.db import make_engine, migrate
+from core.settings import load_settings
 from feedback.curate import ALL_HISTORY, CurationResult, curate
 from feedback.datasets import get_dataset, list_datasets
 from feedback.policy import CurationPolicy
-from tuneloop.db import make_engine, migrate
-from tuneloop.settings import load_settings
 
 datasets_app = typer.Typer(help="Curated dataset versions.", no_args_is_help=True)
 console = Console()
@@ -32,7 +33,7 @@ def _parse_when(value: str | None, option: str) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(f"{option}: {value!r} is not an ISO date/time or 'all'") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+    return as_utc(parsed)
 
 
 def _load_policy(path: Path | None, overrides: dict[str, Any]) -> CurationPolicy:

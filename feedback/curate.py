@@ -33,6 +33,8 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
+from core.clock import as_utc, utcnow
+from core.settings import DEFAULT_BASE_DIR, Settings
 from feedback.datasets import (
     EVAL_FILE,
     MANIFEST_FILE,
@@ -47,13 +49,11 @@ from feedback.datasets import (
 from feedback.examples import BadLine, Example, example_line, iter_seed_file, validate_messages
 from feedback.filters import RefusalFilter, TokenCounter, apply_system_prompt, length_reason
 from feedback.lsh import Deduplicator
-from feedback.models import utcnow
 from feedback.policy import CurationPolicy
 from feedback.scrub import Scrubber
 from feedback.selection import count_window, iter_rated_interactions, rate_interaction, sft_example
 from feedback.split import eval_cutoff, split_fraction
 from feedback.views import PREFERENCE_VIEWS, PreferenceViews, kto_label_counts, load_earlier_views, view_counts
-from tuneloop.settings import DEFAULT_BASE_DIR, Settings
 
 ALL_HISTORY = datetime(1970, 1, 1, tzinfo=UTC)  # pass as `since` to ignore earlier datasets' windows
 MAX_BAD_LINES_IN_MANIFEST = 1000
@@ -106,11 +106,11 @@ def curate(
     to now. Building twice from the same store, seeds and window gives the same id.
     """
     home, tokenizer_path = _resolve_home(settings_or_home, policy)
-    until = _utc(until) if until is not None else utcnow()
+    until = as_utc(until) if until is not None else utcnow()
     if since is None:
         previous = latest_dataset(engine, alias)
         since = previous.window_end if previous is not None else None
-    since = _utc(since) if since is not None else None
+    since = as_utc(since) if since is not None else None
     counter = TokenCounter(tokenizer_path) if policy.needs_tokenizer else None
     notify = progress or (lambda _event, _n: None)
 
@@ -393,7 +393,3 @@ def _resolve_home(settings_or_home: Settings | Path | str, policy: CurationPolic
         home = Path(settings_or_home)
         base = str((home / "models" / DEFAULT_BASE_DIR).resolve())
     return home.resolve(), policy.tokenizer or base
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -9,14 +9,14 @@ as they can run to millions.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Column, Engine, String
 from sqlmodel import Field, Session, SQLModel, select
 
-from feedback.models import utcnow
+from core.clock import UTCDateTime, utcnow
 
 DATASET_ID_PREFIX = "ds-"
 TRAIN_FILE = "train.jsonl"
@@ -42,15 +42,16 @@ class DatasetBase(SQLModel):
     n_eval: int = 0
     counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     policy: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    window_start: datetime | None = Field(default=None, description="Interactions created from here...")
-    window_end: datetime = Field(default_factory=utcnow, description="...up to here (exclusive).")
+    window_start: datetime | None = Field(
+        sa_type=UTCDateTime, default=None, description="Interactions created from here...")
+    window_end: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, description="...up to here (exclusive).")
 
 
 class Dataset(DatasetBase, table=True):
     __tablename__ = "datasets"
 
     id: str = Field(primary_key=True)
-    created_at: datetime = Field(default_factory=utcnow, index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
 
 
 class DatasetPublic(DatasetBase):
@@ -84,18 +85,8 @@ class DatasetPublic(DatasetBase):
         return json.loads(self.manifest_path.read_text())
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without a zone; they were written as UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def _public(row: Dataset) -> DatasetPublic:
     public = DatasetPublic.model_validate(row)
-    public.created_at = _as_utc(public.created_at)  # type: ignore[assignment]
-    public.window_start = _as_utc(public.window_start)
-    public.window_end = _as_utc(public.window_end)  # type: ignore[assignment]
     return public
 
 

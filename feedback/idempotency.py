@@ -21,7 +21,8 @@ from sqlalchemy import Engine, delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from feedback.models import IdempotencyClaim, Interaction, utcnow
+from core.clock import utcnow
+from feedback.models import IdempotencyClaim, Interaction
 
 # A retry may switch between streamed and buffered delivery of the same answer: these fields are not the request.
 DELIVERY_FIELDS = frozenset({"stream", "stream_options"})

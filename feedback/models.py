@@ -1,12 +1,12 @@
 """Tables of the interaction log and user feedback (Base / Create / Public layers, SQLModel).
 
-The schema itself is created by the explicit migrations in tuneloop/migrations; a test checks that these
+The schema itself is created by the explicit migrations in core/migrations; a test checks that these
 models and the migrated database agree.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -14,9 +14,7 @@ from pydantic import field_validator
 from sqlalchemy import JSON, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from core.clock import UTCDateTime, utcnow
 
 
 class InteractionStatus(StrEnum):
@@ -49,8 +47,8 @@ class InteractionBase(SQLModel):
     idempotency_key: str | None = None
     idempotency_fingerprint: str | None = Field(
         default=None, max_length=64, description="SHA-256 of the request an Idempotency-Key was first used with.")
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-    completed_at: datetime | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Interaction(InteractionBase, table=True):
@@ -75,7 +73,7 @@ class IdempotencyClaim(SQLModel, table=True):
     idempotency_key: str = Field(primary_key=True)
     fingerprint: str = Field(max_length=64)
     request_id: str
-    expires_at: datetime
+    expires_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class InteractionPublic(InteractionBase):
@@ -126,8 +124,8 @@ class Feedback(FeedbackBase, table=True):
     interaction_id: str = Field(foreign_key="interactions.id", index=True)
     end_user: str = Field(default="", description="'' when the rater gave no user id.")
     api_key_id: str
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    updated_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class FeedbackPublic(FeedbackBase):

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, and_, exists, func, not_, select
 
+from core.clock import as_utc
 from feedback.examples import Example, Messages, validate_messages
 from feedback.models import Feedback, Interaction, InteractionStatus, Rating
 
@@ -66,7 +67,7 @@ def resolve_votes(votes: Sequence[Vote]) -> tuple[str, str | None]:
     corrections = [v for v in votes if v.rating == Rating.down and v.correction and v.correction.strip()]
     if not corrections:
         return "down", None
-    latest = max(corrections, key=lambda v: (_utc(v.updated_at), v.end_user))
+    latest = max(corrections, key=lambda v: (v.updated_at, v.end_user))
     return "down", latest.correction
 
 
@@ -156,11 +157,6 @@ def sft_example(rated: Rated) -> Example | str:
                    interaction_id=rated.interaction_id)
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite returns timestamps without a zone; everything in the store is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 _INTERACTIONS = Interaction.__table__  # type: ignore[attr-defined]
 _I = _INTERACTIONS.c
 _F = Feedback.__table__.c  # type: ignore[attr-defined]
@@ -199,8 +195,8 @@ def iter_rated_interactions(
     engine: Engine, alias: str, since: datetime | None, until: datetime, batch_size: int
 ) -> Iterator[list[tuple[InteractionRow, list[Vote]]]]:
     """Pages of (interaction, its votes): late-rated older interactions first, then the window."""
-    since = _utc(since) if since is not None else None
-    until = _utc(until)
+    since = as_utc(since) if since is not None else None
+    until = as_utc(until)
     in_window, late = _window_conditions(alias, since, until)
     for conditions in (late, in_window):
         if conditions:

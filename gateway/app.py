@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.db import make_engine
+from core.settings import Settings, load_settings
 from feedback.interaction_log import InteractionLog, WriterStats
 from gateway.auth import KeyCache
 from gateway.deps import check_idempotency_key, read_json_body
@@ -21,8 +23,6 @@ from gateway.registry_router import CompositeRouter, RegistryRouter
 from gateway.routes import feedback, openai, ops
 from gateway.routing import ReplicaPicker, Router, StaticRouter
 from gateway.upstream import UpstreamClient
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None, router: Router | None = None) -> FastAPI:

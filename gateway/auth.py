@@ -18,8 +18,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
+from core.api_keys import ApiKey, Scope, hash_key
 from gateway.errors import forbidden, store_unavailable, unauthorized
-from gateway.keys import ApiKey, Scope, hash_key
 
 ADMIN_BOOTSTRAP_ID = "admin-bootstrap"
 

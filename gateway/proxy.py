@@ -20,6 +20,8 @@ import orjson
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine
 
+from core.clock import utcnow
+from core.settings import Settings
 from feedback.interaction_log import (
     DuplicateIdempotencyKey,
     InteractionLog,
@@ -27,7 +29,7 @@ from feedback.interaction_log import (
     StoreUnavailable,
     interaction_values,
 )
-from feedback.models import InteractionStatus, utcnow
+from feedback.models import InteractionStatus
 from gateway.auth import KeyCache, Principal
 from gateway.errors import (
     GatewayError,
@@ -45,7 +47,6 @@ from gateway.ratelimit import RateLimiter, usage_tokens
 from gateway.routing import ReplicaPicker, Route, Router
 from gateway.sse import DONE, StreamAccumulator, answer_text
 from gateway.upstream import ConnectError, UpstreamClient, UpstreamError, UpstreamResponse
-from tuneloop.settings import Settings
 
 log = logging.getLogger("tuneloop.gateway")
 

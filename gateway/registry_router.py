@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from deploy.models import ACTIVE_STATUSES, Deployment
+from core.deployments_table import ACTIVE_STATUSES, Deployment
 from gateway.errors import bad_gateway, store_unavailable
 from gateway.routing import Route, Router
 from registry.models import ModelAlias

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
+from core.db import make_engine, migrate
+from core.settings import Settings, load_settings
 from registry import store
 from registry.models import AuditEntryPublic, ModelVersionPublic, VersionStatus
-from tuneloop.db import make_engine, migrate
-from tuneloop.settings import Settings, load_settings
 
 models_app = typer.Typer(help="Model versions, their lineage, and the production/canary aliases.",
                          no_args_is_help=True)

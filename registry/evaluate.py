@@ -16,7 +16,7 @@ from typing import Any
 
 import openai
 
-from feedback.models import utcnow
+from core.clock import utcnow
 from registry.judges import Judge, JudgeError, openai_base_url
 from registry.reports import EvalReport, ExampleResult, JudgeUsage, PairResult, PairwiseReport
 from registry.rubric import content_text, render_question

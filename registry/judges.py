@@ -348,7 +348,7 @@ def judge_from_settings(settings: Any = None, environ: Mapping[str, str] | None 
     Verdicts of LLM judges are cached in HOME/judge-cache.jsonl.
     """
     if settings is None:
-        from tuneloop.settings import load_settings
+        from core.settings import load_settings
 
         settings = load_settings()
     config = JudgeConfig.from_env(environ)

@@ -6,7 +6,7 @@ The schema is created by migration 0003; a test checks these models and the migr
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -14,7 +14,7 @@ from pydantic import field_validator
 from sqlalchemy import JSON, Column, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from feedback.models import utcnow
+from core.clock import UTCDateTime, utcnow
 
 # Version ids double as vLLM served model names and URL path segments: keep them boring.
 ALIAS_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -79,19 +79,12 @@ class ModelVersion(ModelVersionBase, table=True):
     eval_reports: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     gate_passed: bool | None = None
     gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-    gated_at: datetime | None = None
-    canary_at: datetime | None = None
-    production_at: datetime | None = None
-    retired_at: datetime | None = None
-
-
-def _as_utc(value: Any) -> Any:
-    # SQLite hands timestamps back without a zone; they were written as UTC.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    updated_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    gated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    canary_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    production_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    retired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ModelVersionPublic(ModelVersionBase):
@@ -109,9 +102,6 @@ class ModelVersionPublic(ModelVersionBase):
     production_at: datetime | None
     retired_at: datetime | None
 
-    _utc = field_validator("created_at", "updated_at", "gated_at", "canary_at", "production_at", "retired_at",
-                           mode="before")(_as_utc)
-
 
 class ModelAlias(SQLModel, table=True):
     """Where an alias's traffic goes. Changed only inside the transitions of registry.store."""
@@ -123,7 +113,7 @@ class ModelAlias(SQLModel, table=True):
     canary_id: str | None = Field(default=None, foreign_key="model_versions.id")
     canary_weight: int = Field(default=0, description="Percent of the alias's traffic sent to the canary.")
     generation: int = Field(default=0, description="Bumped by every transition; the audit log carries it.")
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class AuditEntryBase(SQLModel):
@@ -136,7 +126,7 @@ class AuditEntryBase(SQLModel):
     to_status: str | None = Field(default=None, sa_type=String(16))
     before: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     after: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class AuditEntry(AuditEntryBase, table=True):
@@ -149,8 +139,6 @@ class AuditEntry(AuditEntryBase, table=True):
 
 class AuditEntryPublic(AuditEntryBase):
     id: int
-
-    _utc = field_validator("created_at", mode="before")(_as_utc)
 
 
 def validate_alias(value: str) -> str:

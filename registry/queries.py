@@ -6,7 +6,7 @@ Everything here is read-only; `registry.store` re-exports it next to the transit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -129,8 +129,7 @@ def snapshot_of_state(state: AliasState) -> dict[str, Any]:
 
 
 def alias_state(row: ModelAlias) -> AliasState:
-    updated_at = row.updated_at.replace(tzinfo=UTC) if row.updated_at.tzinfo is None else row.updated_at
-    return AliasState(row.alias, row.production_id, row.canary_id, row.canary_weight, row.generation, updated_at)
+    return AliasState(row.alias, row.production_id, row.canary_id, row.canary_weight, row.generation, row.updated_at)
 
 
 def version_paths(version: ModelVersionPublic) -> dict[str, str | None]:

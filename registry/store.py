@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from feedback.models import utcnow
+from core.clock import utcnow
 from registry.errors import (
     GateNotPassed,
     InvalidTransition,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from tuneloop.db import make_engine, migrate
+from core.db import make_engine, migrate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,7 +23,7 @@ CACHE_DIR = Path(os.environ.get("TUNELOOP_TEST_CACHE", Path(__file__).resolve().
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
+    url = f"sqlite:///{tmp_path / 'core.db'}"
     migrate(url)
     return url
 

@@ -6,8 +6,8 @@ import json
 import sys
 import time
 
+from core.db import make_engine
 from deploy.cycle import CycleContext, LeasePolicy, Step, run_cycle
-from tuneloop.db import make_engine
 
 
 def main() -> None:

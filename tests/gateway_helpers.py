@@ -12,13 +12,13 @@ import openai
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
+from core.api_keys import Scope, create_key
+from core.db import make_engine
+from core.settings import Settings
 from deploy.vllm import free_port
 from feedback.models import Interaction
 from gateway.app import create_app
-from gateway.keys import Scope, create_key
 from tests.servers import serve
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings
 
 
 @dataclass

@@ -12,18 +12,18 @@ import pytest
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
+from core.clock import utcnow
+from core.db import make_engine
 from deploy import canary
 from deploy.analysis import Action, CanaryPolicy
 from deploy.deployments import list_deployments
 from deploy.figures import arm_figures
 from deploy.launcher import Launcher
-from feedback.models import utcnow
 from registry import store
 from registry.errors import GateNotPassed, InvalidTransition, InvalidWeight, NoProductionVersion
 from registry.models import VersionStatus
 from tests.test_deploy_helpers import base_and_candidate, traffic
 from tuneloop.cli import app
-from tuneloop.db import make_engine
 
 POLICY = CanaryPolicy(min_requests=40, min_ratings=20, max_thumbs_down_rate_increase=0.10,
                       max_error_rate_increase=0.05, max_p95_latency_ratio=2.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.db import make_engine
 from deploy import canary
 from deploy.analysis import CanaryPolicy
 from gateway.registry_router import in_canary
@@ -20,7 +21,6 @@ from tests.fake_upstream import UpstreamState, make_fake_upstream
 from tests.gateway_helpers import RunningGateway, running_gateway
 from tests.servers import serve
 from tests.test_deploy_helpers import base_and_candidate, fake_deployment
-from tuneloop.db import make_engine
 
 WEIGHT = 30
 REQUESTS = 200

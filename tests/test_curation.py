@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from core.db import make_engine, migrate
 from feedback.curate import ALL_HISTORY, curate
 from feedback.datasets import get_dataset, latest_dataset, list_datasets
 from feedback.models import Feedback, Interaction
 from feedback.policy import CurationPolicy
-from tuneloop.db import make_engine, migrate
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 NO_LENGTH = {"min_tokens": 0, "max_tokens": None}  # most tests need no tokenizer

@@ -10,10 +10,10 @@ import pytest
 from sqlmodel import Session
 from typer.testing import CliRunner
 
+from core.db import make_engine, migrate
 from feedback.models import Feedback, Interaction
 from feedback.policy import CurationPolicy
 from tuneloop.cli import app
-from tuneloop.db import make_engine, migrate
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_policy_from_mapping_checks_keys_and_types() -> None:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
+    url = f"sqlite:///{tmp_path / 'core.db'}"
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path))
     monkeypatch.setenv("TUNELOOP_DATABASE_URL", url)
     migrate(url)

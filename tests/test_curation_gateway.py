@@ -8,12 +8,12 @@ import httpx
 import openai
 import pytest
 
+from core.settings import Settings
 from feedback.curate import curate
 from feedback.policy import CurationPolicy
 from tests.fake_upstream import UpstreamState, make_fake_upstream
 from tests.gateway_helpers import running_gateway
 from tests.servers import serve
-from tuneloop.settings import Settings
 
 
 @pytest.fixture

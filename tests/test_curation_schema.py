@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
+from core.db import downgrade, make_engine, migrate
 from feedback.datasets import Dataset, get_dataset, latest_dataset, list_datasets, record_dataset
-from tuneloop.db import downgrade, make_engine, migrate
 
 CURATION_INDEX = "ix_interactions_alias_created_at_id"
 

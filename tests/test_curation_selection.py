@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session
 
+from core.db import make_engine
 from feedback.examples import Example
 from feedback.models import Feedback, Interaction
 from feedback.selection import (
@@ -18,7 +19,6 @@ from feedback.selection import (
     resolve_votes,
     select_example,
 )
-from tuneloop.db import make_engine
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]

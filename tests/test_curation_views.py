@@ -7,10 +7,10 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+from core.db import make_engine
 from feedback.curate import curate
 from feedback.datasets import get_dataset
 from tests.test_curation import T0, Store, _lines, _policy
-from tuneloop.db import make_engine
 
 REFUSAL = "I'm sorry, but I cannot help with that request."
 
@@ -143,7 +143,7 @@ def test_the_id_covers_every_view(tmp_path: Path) -> None:
 
     def build(name: str, bad_answer: str):
         engine = make_engine(f"sqlite:///{tmp_path / name}.db")
-        from tuneloop.db import migrate
+        from core.db import migrate
 
         migrate(f"sqlite:///{tmp_path / name}.db")
         store = Store(engine, seed=1)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from core.db import make_engine
 from deploy.cycle import CycleContext, LeasePolicy, SkipCycle, Step, run_cycle
 from deploy.cycle_runs import RunStatus, acquire_lease, get_run, heartbeat, list_runs, release_lease
-from tuneloop.db import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 

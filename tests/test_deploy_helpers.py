@@ -10,9 +10,10 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from core.clock import utcnow
+from core.deployments_table import DeploymentCreate, DeploymentMode, DeploymentPublic
 from deploy.deployments import record_deployment
-from deploy.models import DeploymentCreate, DeploymentMode, DeploymentPublic
-from feedback.models import Feedback, Interaction, InteractionStatus, Rating, utcnow
+from feedback.models import Feedback, Interaction, InteractionStatus, Rating
 from registry import store
 from registry.models import ModelVersionCreate
 

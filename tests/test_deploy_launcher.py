@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from core.clock import utcnow
+from core.db import make_engine
+from core.deployments_table import DeploymentCreate, DeploymentMode, DeploymentPublic, DeploymentStatus
+from core.settings import Settings
 from deploy import canary
 from deploy.deployments import active_deployment, get_deployment, record_deployment
 from deploy.launcher import Launcher, ServeConfig
-from deploy.models import DeploymentCreate, DeploymentMode, DeploymentPublic, DeploymentStatus
-from feedback.models import utcnow
 from registry import store
 from tests.gateway_helpers import closed_port_url
 from tests.test_deploy_helpers import base_and_candidate
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings
 
 
 @pytest.fixture

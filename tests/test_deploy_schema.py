@@ -1,4 +1,4 @@
-"""The migrated `deployments` table matches deploy.models, on SQLite and PostgreSQL; 0004 downgrades cleanly;
+"""The migrated `deployments` table matches core.deployments_table, on SQLite and PostgreSQL; 0004 downgrades cleanly;
 the table's bookkeeping (record, status changes, hosted adapters) works on both."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-import deploy.models  # noqa: F401  (registers the table on SQLModel.metadata)
+import core.deployments_table  # noqa: F401  (registers the table on SQLModel.metadata)
+from core.db import downgrade, make_engine, migrate
+from core.deployments_table import DeploymentCreate, DeploymentMode, DeploymentStatus
 from deploy.deployments import (
     active_deployment,
     hosted_adapters,
@@ -20,10 +22,8 @@ from deploy.deployments import (
     set_status,
 )
 from deploy.launcher import ServeConfig
-from deploy.models import DeploymentCreate, DeploymentMode, DeploymentStatus
 from deploy.vllm_http import parse_metrics, requests_in_flight
 from registry import store
-from tuneloop.db import downgrade, make_engine, migrate
 
 
 def _only_deployments(obj, name, type_, reflected, compare_to) -> bool:

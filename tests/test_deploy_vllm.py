@@ -18,17 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.db import make_engine, migrate
+from core.deployments_table import DeploymentMode, DeploymentStatus
 from deploy import canary
 from deploy.analysis import Action, CanaryPolicy
 from deploy.deployments import active_deployment, get_deployment
 from deploy.launcher import Launcher, ServeConfig
-from deploy.models import DeploymentMode, DeploymentStatus
 from deploy.vllm_http import is_vllm_process, parse_metrics, requests_in_flight, served_models
 from gateway.registry_router import in_canary
 from registry import store
 from registry.models import ModelVersionCreate, VersionStatus
 from tests.gateway_helpers import RunningGateway, running_gateway
-from tuneloop.db import make_engine, migrate
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def build_adapter(base: Path, out: Path) -> str:
 @pytest.fixture(scope="module")
 def world(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("canary-vllm")
-    url = f"sqlite:///{home / 'tuneloop.db'}"
+    url = f"sqlite:///{home / 'core.db'}"
     migrate(url)
     engine = make_engine(url)
     base = str(demo_model_dir.resolve())
@@ -206,7 +206,7 @@ async def test_a_restarted_controller_finds_and_stops_the_server(world: dict) ->
     fresh = Launcher(engine, world["home"])  # knows nothing but what the store says
     running = fresh.check()
     assert [d.version_id for d in running] == [merged]
-    with running_gateway(f"sqlite:///{world['home'] / 'tuneloop.db'}", world["home"], {}) as gateway:
+    with running_gateway(f"sqlite:///{world['home'] / 'core.db'}", world["home"], {}) as gateway:
         assert {v for _u, v, _id in await ask(gateway, ["someone"])} == {merged}
     pid = running[0].pid or 0
     fresh.stop(merged, "end of test")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from core.db import make_engine
 from registry import store
 from registry.evaluate import (
     compare_reports,
@@ -22,7 +23,6 @@ from registry.models import ModelVersionCreate, VersionStatus
 from registry.reference_judge import ReferenceJudge
 from registry.reports import EvalReport, ExampleResult, JudgeUsage
 from trainer import demo_task
-from tuneloop.db import make_engine
 
 
 def test_regression_set_is_well_formed() -> None:
@@ -150,7 +150,7 @@ def test_tuneloop_eval_gates_a_version_end_to_end(vllm_server, demo_model_dir: P
     runner = CliRunner()
     result = runner.invoke(app, ["models", "register-base", "demo", str(demo_model_dir)])
     assert result.exit_code == 0, result.output
-    engine = make_engine(f"sqlite:///{(tmp_path / 'home' / 'tuneloop.db').resolve()}")
+    engine = make_engine(f"sqlite:///{(tmp_path / 'home' / 'core.db').resolve()}")
     checkpoint = shutil.copytree(demo_model_dir, tmp_path / "candidate")
     candidate = store.register_candidate(engine, ModelVersionCreate(alias="demo", base_model=str(demo_model_dir),
                                                                     merged_path=str(checkpoint)))

@@ -13,14 +13,14 @@ import httpx
 import pytest
 from sqlmodel import Session
 
+from core.api_keys import Scope, create_key, revoke_key
+from core.db import make_engine
+from core.settings import Settings
 from feedback.interaction_log import InteractionLog, RowRejected, interaction_values
 from gateway.app import create_app
 from gateway.auth import KeyCache
-from gateway.keys import Scope, create_key, revoke_key
 from tests.gateway_helpers import running_gateway
 from tests.servers import serve
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings
 
 QUESTION = [{"role": "user", "content": "Where is order 4821?"}]
 REVOCATION_BOUND_S = 2.0  # the README's contract, not the code's constant: the test must not follow the code

@@ -9,10 +9,10 @@ import httpx
 import openai
 import pytest
 
+from core.settings import Settings
 from gateway.app import create_app
 from tests.gateway_helpers import closed_port_url, running_gateway
 from tests.servers import serve
-from tuneloop.settings import Settings
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import httpx
 import openai
 import pytest
 
+from core.db import make_engine, migrate
 from feedback.idempotency import ClaimState, claim_key, release_key, request_fingerprint
 from feedback.models import Interaction
 from tests.fake_upstream import UpstreamState
 from tests.gateway_helpers import running_gateway
-from tuneloop.db import make_engine, migrate
 
 MODELS = ("fake", "held", "firstslow", "error500")
 QUESTION = [{"role": "user", "content": "Where is order 4821?"}]

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gateway(vllm_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("gw-vllm")
-    url = f"sqlite:///{home / 'tuneloop.db'}"
-    from tuneloop.db import migrate
+    url = f"sqlite:///{home / 'core.db'}"
+    from core.db import migrate
 
     migrate(url)
     with running_gateway(url, home, {"demo-base": [vllm_server.base_url]}) as gw:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import load_settings
 from registry.judges import AnthropicJudge, JudgeConfig, OpenAIJudge, build_judge, judge_from_settings
 from registry.reference_judge import ReferenceJudge, json_shape_checker, similarity
 from registry.rubric import VerdictParseError, parse_pairwise, parse_score, render_question
 from trainer import demo_task
-from tuneloop.settings import load_settings
 
 
 async def test_scores_follow_closeness_to_the_reference() -> None:

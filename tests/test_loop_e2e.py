@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from core.db import make_engine
+from core.settings import Settings
 from deploy.demo import DemoConfig, DemoReport, run_demo
 from deploy.demo_traffic import hostile_rater, poisoned_rater
 from deploy.launcher import Launcher
 from registry import store
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings
 
 pytestmark = pytest.mark.slow
 

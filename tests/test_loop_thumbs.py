@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from core.db import make_engine
+from core.settings import Settings
 from deploy.demo import DemoConfig, run_demo
 from deploy.launcher import Launcher
 from registry import store
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -16,13 +16,13 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
+from core.api_keys import Scope, create_key, list_keys, revoke_key, set_limits
+from core.db import make_engine
 from gateway.auth import Principal
 from gateway.errors import GatewayError
-from gateway.keys import Scope, create_key, list_keys, revoke_key, set_limits
 from gateway.ratelimit import RateLimiter, Window, format_duration, usage_tokens
 from tests.gateway_helpers import RunningGateway, closed_port_url, running_gateway
 from tuneloop.cli import app as cli_app
-from tuneloop.db import make_engine
 
 DURATION = re.compile(r"(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)")  # OpenAI's reset format: 20ms, 1s, 6m0s
 CACHE_BOUND_S = 10.0  # the auth cache refreshes a key within 2 s (gateway.auth); generous for a loaded CI box

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from core.db import make_engine
 from registry import store
 from registry.models import ModelVersionCreate, VersionStatus
-from tuneloop.db import make_engine
 
 PASSED = {"passed": True, "reasons": ["ok"], "figures": {}}
 
@@ -25,7 +25,7 @@ import sys, time
 from pathlib import Path
 from registry import store
 from registry.models import ModelVersionCreate
-from tuneloop.db import make_engine
+from core.db import make_engine
 
 url, mode, version_id, ready, work = sys.argv[1:6]
 engine = make_engine(url)

@@ -12,9 +12,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
+from core.db import make_engine
 from registry import store
 from registry.models import ModelVersionCreate, VersionStatus
-from tuneloop.db import make_engine
 
 REGISTRY_TABLES = {"model_versions", "model_aliases", "registry_audit"}
 PASSED = {"passed": True, "reasons": ["mean 4.5 >= 4.0"], "figures": {"mean": 4.5}}

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from core.db import make_engine
+from core.deployments_table import DeploymentStatus
 from deploy.deployments import active_deployments, set_status
-from deploy.models import DeploymentStatus
 from gateway.errors import GatewayError
 from gateway.registry_router import CompositeRouter, RegistryRouter, canary_bucket, choose_canary, in_canary
 from gateway.routing import StaticRouter
 from registry import store
 from tests.test_deploy_helpers import base_and_candidate, fake_deployment
-from tuneloop.db import make_engine
 
 USERS = [f"user-{i}" for i in range(4000)]
 

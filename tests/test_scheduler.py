@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from core.db import make_engine
+from core.settings import Settings
 from deploy.scheduler import (
     CYCLE_JOB_PREFIX,
     WATCH_JOB_PREFIX,
@@ -16,8 +18,6 @@ from deploy.scheduler import (
 )
 from registry.store import register_base
 from tuneloop.cli import app
-from tuneloop.db import make_engine
-from tuneloop.settings import Settings
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from tuneloop.db import downgrade, make_engine, migrate
+from core.db import downgrade, make_engine, migrate
 
 MODEL_PACKAGES = ("feedback", "gateway", "registry", "deploy")
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tuneloop.settings import SettingsError, load_settings
+from core.settings import SettingsError, load_settings
 
 
 def test_environment_wins_over_yaml(tmp_path, monkeypatch):

@@ -29,11 +29,11 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Fine-tune the base model on a dataset version (QLoRA on CUDA, LoRA on CPU) and publish the run."""
+    from core.settings import load_settings
     from trainer.config import ConfigError, load_train_config
     from trainer.data import DatasetError, resolve_dataset_dir
     from trainer.rundir import RunInProgressError
     from trainer.train import plan, train
-    from tuneloop.settings import load_settings
 
     try:
         train_config = load_train_config(config, overrides or [])
@@ -73,8 +73,8 @@ def merge_command(
     adapter_only: bool = typer.Option(False, "--adapter-only", help="Export just the adapter (for vLLM)."),
 ) -> None:
     """Merge a run's adapter into a self-contained checkpoint, refused unless its logits match the adapter's."""
+    from core.settings import load_settings
     from trainer.merge import MergeMismatchError, export_adapter, merge_adapter
-    from tuneloop.settings import load_settings
 
     settings = load_settings()
     source = Path(run) if Path(run).exists() else settings.home / "runs" / run

@@ -48,7 +48,7 @@ def resolve_base_model(config: TrainConfig) -> str:
     """Absolute path for a local base model (adapter configs must not hold relative paths), else the HF id."""
     base = config.base_model
     if not base:
-        from tuneloop.settings import load_settings
+        from core.settings import load_settings
 
         base = load_settings().resolved_base_model
     local = Path(base).expanduser()
@@ -67,7 +67,7 @@ def read_model_config(base_model: str) -> dict[str, Any]:
 def runs_root(config: TrainConfig) -> Path:
     if config.output_dir:
         return Path(config.output_dir).expanduser().resolve()
-    from tuneloop.settings import load_settings
+    from core.settings import load_settings
 
     return (load_settings().home / "runs").resolve()
 

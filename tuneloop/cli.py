@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.db import make_engine, migrate
+from core.settings import SettingsError, load_settings
 from trainer.real_model import RealModelError
-from tuneloop.db import make_engine, migrate
-from tuneloop.settings import SettingsError, load_settings
 
 app = typer.Typer(help="Make a served LLM get better from its own traffic.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored as SHA-256 hashes).", no_args_is_help=True)
@@ -191,7 +191,7 @@ def keys_create(
     tpm: int = typer.Option(0, min=0, help=LIMIT_HELP.format(what="Tokens (prompt + completion)")),
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
-    from gateway.keys import Scope, create_key
+    from core.api_keys import Scope, create_key
 
     try:
         parsed = Scope(scope)
@@ -212,7 +212,7 @@ def keys_limits(
     tpm: int | None = typer.Option(None, min=0, help="Tokens per minute; 0: unlimited; omitted: unchanged."),
 ) -> None:
     """Change a key's rate limits; running gateways apply them within 2 s."""
-    from gateway.keys import KEEP, set_limits
+    from core.api_keys import KEEP, set_limits
 
     if rpm is None and tpm is None:
         raise typer.BadParameter("give --rpm and/or --tpm (0 removes a limit)")
@@ -228,7 +228,7 @@ def keys_limits(
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys (never their secrets), with their rate limits (-: unlimited)."""
-    from gateway.keys import list_keys
+    from core.api_keys import list_keys
 
     settings = load_settings()
     table = Table("id", "name", "scope", "rpm", "tpm", "created", "revoked")
@@ -241,7 +241,7 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by id."""
-    from gateway.keys import revoke_key
+    from core.api_keys import revoke_key
 
     settings = load_settings()
     if not revoke_key(make_engine(settings.resolved_database_url), key_id):

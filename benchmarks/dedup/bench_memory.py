@@ -46,7 +46,7 @@ def _stamp(value: datetime) -> str:
 def generate(db_path: Path, rows: int, seed: int = 0) -> None:
     from corpus import CorpusMaker
 
-    from tuneloop.db import migrate
+    from core.db import migrate
 
     migrate(f"sqlite:///{db_path}")
     maker = CorpusMaker(seed)
@@ -108,9 +108,9 @@ def generate(db_path: Path, rows: int, seed: int = 0) -> None:
 def run_curate(db_path: Path, home: Path) -> dict:
     from transformers import AutoTokenizer  # noqa: F401  (the length filter's import, ~220 MB with torch)
 
+    from core.db import make_engine
     from feedback.curate import curate
     from feedback.policy import CurationPolicy
-    from tuneloop.db import make_engine
 
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     engine = make_engine(f"sqlite:///{db_path}")

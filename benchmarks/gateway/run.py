@@ -52,8 +52,8 @@ def start_all(procs: Processes, tmp: Path, core_proxy: int, core_load: int, lite
               ) -> tuple[dict[str, tuple[str, str]], dict[str, int], tuple[str, str]]:
     """Start upstream, gateway and LiteLLM; return target -> (chat URL, bearer key), target -> the pid whose
     CPU time is the target's cost, and the gateway's (base URL, admin key)."""
-    from gateway.keys import Scope, create_key
-    from tuneloop.db import make_engine, migrate
+    from core.api_keys import Scope, create_key
+    from core.db import make_engine, migrate
 
     up_port, gw_port, ll_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
@@ -62,7 +62,7 @@ def start_all(procs: Processes, tmp: Path, core_proxy: int, core_load: int, lite
     wait_http(upstream + "/health", procs)
     targets = {"direct": (upstream + "/v1/chat/completions", "")}
 
-    db_url = f"sqlite:///{tmp / 'tuneloop.db'}"
+    db_url = f"sqlite:///{tmp / 'core.db'}"
     migrate(db_url)
     engine = make_engine(db_url)
     # limits far above what the run reaches: the limiter's cost is in the figures, its refusals are not
@@ -167,7 +167,7 @@ def gateway_log_check(tmp: Path, upstream_url: str, admin: tuple[str, str], clie
         upstream_calls = json.loads(answer.read()).get("/gw", 0)
     rows = ok_rows = -1
     for _ in range(50):  # streamed rows are written just after the stream ends: wait until the count is still
-        with sqlite3.connect(tmp / "tuneloop.db") as db:
+        with sqlite3.connect(tmp / "core.db") as db:
             now = db.execute("SELECT count(*), sum(status = 'ok' AND http_status = 200) FROM interactions").fetchone()
         if now[0] == rows:
             break
@@ -217,9 +217,10 @@ def measure(load: Callable[[str, int, float, str], LoadResult], targets: dict[st
 def commit_floor(tmp: Path, n: int = 200) -> float:
     """Median ms of one durable single-row commit of an interaction into a scratch database beside the gateway's:
     what the gateway's log writer waits for on each request at concurrency 1 (the disk's flush, mostly)."""
+    from core.clock import utcnow
+    from core.db import make_engine, migrate
     from feedback.interaction_log import interaction_values
-    from feedback.models import Interaction, utcnow
-    from tuneloop.db import make_engine, migrate
+    from feedback.models import Interaction
 
     url = f"sqlite:///{tmp / 'floor.db'}"
     migrate(url)
@@ -241,10 +242,10 @@ def commit_floor(tmp: Path, n: int = 200) -> float:
 
 
 def sqlite_synchronous(tmp: Path) -> str:
-    """journal_mode of the gateway's database file, and synchronous as tuneloop.db.make_engine sets it."""
-    from tuneloop.db import make_engine
+    """journal_mode of the gateway's database file, and synchronous as core.db.make_engine sets it."""
+    from core.db import make_engine
 
-    engine = make_engine(f"sqlite:///{tmp / 'tuneloop.db'}")
+    engine = make_engine(f"sqlite:///{tmp / 'core.db'}")
     with engine.connect() as connection:
         journal = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
         synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar()

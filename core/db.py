@@ -56,7 +56,7 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str, revision: str = "head") -> None:
-    """Apply the explicit migrations in tuneloop/migrations/versions up to `revision`."""
+    """Apply the explicit migrations in core/migrations/versions up to `revision`."""
     command.upgrade(alembic_config(url), revision)
 
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import pool
 
-from tuneloop.db import make_engine
+from core.db import make_engine
 
 config = context.config
 

@@ -6,15 +6,13 @@ The schema is created by migration 0004; a test checks these models and the migr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
-from pydantic import field_validator
 from sqlalchemy import JSON, Column, String, Text
 from sqlmodel import Field, SQLModel
 
-from feedback.models import utcnow
+from core.clock import UTCDateTime, utcnow
 
 
 class DeploymentMode(StrEnum):
@@ -60,16 +58,9 @@ class Deployment(DeploymentBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     status: DeploymentStatus = Field(default=DeploymentStatus.running, sa_type=String(16), index=True)
     status_reason: str = Field(default="", sa_column=Column(Text, nullable=False))
-    started_at: datetime = Field(default_factory=utcnow)
-    drain_started_at: datetime | None = None
-    stopped_at: datetime | None = None
-
-
-def _as_utc(value: Any) -> Any:
-    # SQLite hands timestamps back without a zone; they were written as UTC.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    started_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    drain_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class DeploymentPublic(DeploymentBase):
@@ -80,7 +71,6 @@ class DeploymentPublic(DeploymentBase):
     drain_started_at: datetime | None
     stopped_at: datetime | None
 
-    _utc = field_validator("started_at", "drain_started_at", "stopped_at", mode="before")(_as_utc)
 
     @property
     def active(self) -> bool:

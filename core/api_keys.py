@@ -10,7 +10,7 @@ from enum import Enum, StrEnum
 from sqlalchemy import Engine, String
 from sqlmodel import Field, Session, SQLModel, select
 
-from feedback.models import utcnow
+from core.clock import UTCDateTime, utcnow
 
 KEY_PREFIX = "tl-"
 
@@ -32,8 +32,8 @@ class ApiKey(ApiKeyBase, table=True):
 
     id: str = Field(primary_key=True)
     key_hash: str = Field(unique=True, index=True)
-    created_at: datetime = Field(default_factory=utcnow)
-    revoked_at: datetime | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ApiKeyPublic(ApiKeyBase):
