@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(Path("var"), description="Data directory: database, datasets, runs, models, logs.")
-    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at HOME/core.db.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at HOME/tuneloop.db.")
     upstreams: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Static routes: model name -> base URLs of OpenAI-compatible replicas (…/v1 not included).",
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.home / 'core.db').resolve()}"
+        return f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
 
     @property
     def resolved_base_model(self) -> str:

@@ -23,7 +23,7 @@ CACHE_DIR = Path(os.environ.get("TUNELOOP_TEST_CACHE", Path(__file__).resolve().
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'core.db'}"
+    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
     migrate(url)
     return url
 

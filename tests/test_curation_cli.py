@@ -55,7 +55,7 @@ def test_policy_from_mapping_checks_keys_and_types() -> None:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    url = f"sqlite:///{tmp_path / 'core.db'}"
+    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path))
     monkeypatch.setenv("TUNELOOP_DATABASE_URL", url)
     migrate(url)

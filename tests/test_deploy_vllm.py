@@ -59,7 +59,7 @@ def build_adapter(base: Path, out: Path) -> str:
 @pytest.fixture(scope="module")
 def world(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("canary-vllm")
-    url = f"sqlite:///{home / 'core.db'}"
+    url = f"sqlite:///{home / 'tuneloop.db'}"
     migrate(url)
     engine = make_engine(url)
     base = str(demo_model_dir.resolve())
@@ -206,7 +206,7 @@ async def test_a_restarted_controller_finds_and_stops_the_server(world: dict) ->
     fresh = Launcher(engine, world["home"])  # knows nothing but what the store says
     running = fresh.check()
     assert [d.version_id for d in running] == [merged]
-    with running_gateway(f"sqlite:///{world['home'] / 'core.db'}", world["home"], {}) as gateway:
+    with running_gateway(f"sqlite:///{world['home'] / 'tuneloop.db'}", world["home"], {}) as gateway:
         assert {v for _u, v, _id in await ask(gateway, ["someone"])} == {merged}
     pid = running[0].pid or 0
     fresh.stop(merged, "end of test")

@@ -150,7 +150,7 @@ def test_tuneloop_eval_gates_a_version_end_to_end(vllm_server, demo_model_dir: P
     runner = CliRunner()
     result = runner.invoke(app, ["models", "register-base", "demo", str(demo_model_dir)])
     assert result.exit_code == 0, result.output
-    engine = make_engine(f"sqlite:///{(tmp_path / 'home' / 'core.db').resolve()}")
+    engine = make_engine(f"sqlite:///{(tmp_path / 'home' / 'tuneloop.db').resolve()}")
     checkpoint = shutil.copytree(demo_model_dir, tmp_path / "candidate")
     candidate = store.register_candidate(engine, ModelVersionCreate(alias="demo", base_model=str(demo_model_dir),
                                                                     merged_path=str(checkpoint)))

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gateway(vllm_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("gw-vllm")
-    url = f"sqlite:///{home / 'core.db'}"
+    url = f"sqlite:///{home / 'tuneloop.db'}"
     from core.db import migrate
 
     migrate(url)

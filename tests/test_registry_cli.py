@@ -34,7 +34,7 @@ def test_models_commands(home: Path, tmp_path: Path) -> None:
     base = _checkpoint(tmp_path, "base")
     result = runner.invoke(app, ["models", "register-base", "assistant", base])
     assert result.exit_code == 0 and "assistant-v1" in result.output
-    engine = make_engine(f"sqlite:///{(home / 'core.db').resolve()}")
+    engine = make_engine(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
     spec = ModelVersionCreate(alias="assistant", base_model=base, merged_path=_checkpoint(tmp_path, "c2"),
                               dataset_version_id="ds-0123", training_config={"lr": 0.0002})
     candidate = store.register_candidate(engine, spec).id

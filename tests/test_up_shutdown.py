@@ -48,7 +48,7 @@ def test_sigterm_stops_the_vllm_servers_it_started(tmp_path: Path, demo_model_di
         else:
             pytest.fail("tuneloop up exited before serving:\n" + "".join(seen[-30:]))
         # SIGTERM as soon as the banner is out: the window in which a late-installed handler lost the servers
-        engine = make_engine(f"sqlite:///{tmp_path / 'core.db'}")
+        engine = make_engine(f"sqlite:///{tmp_path / 'tuneloop.db'}")
         with Session(engine) as session:
             running = session.exec(select(Deployment).where(Deployment.status == "running")).all()
         pids = [d.pid for d in running if d.pid]

@@ -62,7 +62,7 @@ def start_all(procs: Processes, tmp: Path, core_proxy: int, core_load: int, lite
     wait_http(upstream + "/health", procs)
     targets = {"direct": (upstream + "/v1/chat/completions", "")}
 
-    db_url = f"sqlite:///{tmp / 'core.db'}"
+    db_url = f"sqlite:///{tmp / 'tuneloop.db'}"
     migrate(db_url)
     engine = make_engine(db_url)
     # limits far above what the run reaches: the limiter's cost is in the figures, its refusals are not
@@ -167,7 +167,7 @@ def gateway_log_check(tmp: Path, upstream_url: str, admin: tuple[str, str], clie
         upstream_calls = json.loads(answer.read()).get("/gw", 0)
     rows = ok_rows = -1
     for _ in range(50):  # streamed rows are written just after the stream ends: wait until the count is still
-        with sqlite3.connect(tmp / "core.db") as db:
+        with sqlite3.connect(tmp / "tuneloop.db") as db:
             now = db.execute("SELECT count(*), sum(status = 'ok' AND http_status = 200) FROM interactions").fetchone()
         if now[0] == rows:
             break
@@ -245,7 +245,7 @@ def sqlite_synchronous(tmp: Path) -> str:
     """journal_mode of the gateway's database file, and synchronous as core.db.make_engine sets it."""
     from core.db import make_engine
 
-    engine = make_engine(f"sqlite:///{tmp / 'core.db'}")
+    engine = make_engine(f"sqlite:///{tmp / 'tuneloop.db'}")
     with engine.connect() as connection:
         journal = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
         synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar()

@@ -1,4 +1,4 @@
-"""Deployments: which registry version runs where (deploy/models.py).
+"""Deployments: which registry version runs where (core/deployments_table.py).
 
 Revision ID: 0004
 Revises: 0003
