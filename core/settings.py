@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +36,50 @@ class LogWriterSettings(BaseModel):
     max_batch: int = Field(256, ge=1, description="Rows committed in one transaction at most.")
     queue_max: int = Field(10_000, ge=1, description="Rows waiting to be written before callers get 503.")
     store_wait_s: float = Field(5.0, gt=0, description="How long a response waits for its row to commit.")
+
+
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-6"
+
+
+class JudgeSettings(BaseModel):
+    """Which judge scores answers for the gate and `tuneloop eval`."""
+
+    kind: Literal["auto", "anthropic", "openai", "reference"] = Field(
+        "auto", description="auto: Claude when an API key is set, else the offline reference judge.")
+    model: str = Field("", description=f"Judge model; Claude's default {DEFAULT_CLAUDE_MODEL}.")
+    base_url: str = Field("", description="Endpoint; required for openai, optional for anthropic.")
+    api_key: SecretStr = Field(SecretStr(""), description="Key for the judge endpoint.")
+    anthropic_api_key: SecretStr = Field(
+        SecretStr(""), description="Read from ANTHROPIC_API_KEY (the SDK's variable); used by auto and anthropic.")
+    anthropic_base_url: str = Field("", description="Read from ANTHROPIC_BASE_URL; used by auto and anthropic.")
+    concurrency: int = Field(4, ge=1, description="Judge requests in flight at most.")
+    max_attempts: int = Field(5, ge=1, description="Attempts per verdict (429/5xx/timeouts/unparseable replies).")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout, seconds.")
+
+    @property
+    def resolved_kind(self) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "anthropic" if self.resolved_api_key else "reference"
+
+    @property
+    def resolved_api_key(self) -> str:
+        """The judge's key; Anthropic's own variable never goes to another kind of endpoint."""
+        if self.api_key.get_secret_value() or self.kind in ("openai", "reference"):
+            return self.api_key.get_secret_value()
+        return self.anthropic_api_key.get_secret_value()
+
+    @property
+    def resolved_base_url(self) -> str:
+        return self.base_url or (self.anthropic_base_url if self.kind in ("auto", "anthropic") else "")
+
+    @model_validator(mode="after")
+    def _complete(self) -> JudgeSettings:
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("an openai judge needs TUNELOOP_JUDGE__BASE_URL and TUNELOOP_JUDGE__MODEL")
+        if self.kind == "anthropic" and not self.resolved_api_key:
+            raise ValueError("an anthropic judge needs ANTHROPIC_API_KEY or TUNELOOP_JUDGE__API_KEY")
+        return self
 
 
 class CycleSettings(BaseModel):
@@ -74,6 +118,7 @@ class Settings(BaseSettings):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
     cycle: CycleSettings = Field(default_factory=CycleSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
     routing_cache_s: float = Field(2.0, ge=0, description="How long a gateway trusts its routing table.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -106,6 +151,7 @@ class Settings(BaseSettings):
         config_file = os.environ.get("TUNELOOP_CONFIG")
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        sources.append(AnthropicEnvSource(settings_cls))
         return tuple(sources)
 
     @property
@@ -118,6 +164,19 @@ class Settings(BaseSettings):
     def resolved_base_model(self) -> str:
         return self.base_model or str((self.home / "models" / DEFAULT_BASE_DIR).resolve())
 
+
+
+class AnthropicEnvSource(PydanticBaseSettingsSource):
+    """ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL, the Anthropic SDK's own variables, as the judge's fallbacks."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {name: os.environ[variable] for name, variable in
+                 (("anthropic_api_key", "ANTHROPIC_API_KEY"), ("anthropic_base_url", "ANTHROPIC_BASE_URL"))
+                 if os.environ.get(variable)}
+        return {"judge": found} if found else {}
 
 
 class SettingsError(ValueError):

@@ -29,7 +29,7 @@ from registry.errors import UnknownVersion
 from registry.evaluate import EvalExample, examples_from_records, load_examples
 from registry.gate import GatePolicy
 from registry.gating import Endpoint, gate_version
-from registry.judges import Judge, judge_from_settings
+from registry.judges import Judge
 from registry.models import ModelVersionCreate, VersionStatus
 
 log = logging.getLogger("tuneloop.cycle")
@@ -62,10 +62,9 @@ class CyclePolicy:
         CurationPolicy(**self.curation)
 
 
-def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, judge: Judge | None = None) -> list[Step]:
+def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, judge: Judge) -> list[Step]:
     """The cycle's steps bound to the settings, the launcher and the policy."""
     engine = launcher.engine
-    judge = judge or judge_from_settings(settings)
 
     def curate_step(ctx: CycleContext) -> dict[str, Any]:
         previous = latest_dataset(engine, policy.alias)

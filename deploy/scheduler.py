@@ -2,7 +2,8 @@
 
 Jobs live in APScheduler's SQLAlchemy job store in the same database (its table is created by our
 migrations), so every scheduler process sees the same schedule; the cycle lease makes sure only one of them
-runs a cycle at a time. Job functions are module-level so the job store can name them.
+runs a cycle at a time. Job functions are module-level so the job store can name them; they run with the
+`JobContext` the process handed to `start_scheduler` (its settings and judge), never with settings of their own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from core.db import make_engine
-from core.settings import Settings, load_settings
+from core.settings import Settings
+from registry.judges import Judge
 
 log = logging.getLogger("tuneloop.scheduler")
 
@@ -28,6 +30,19 @@ WATCH_JOB_PREFIX = "canary-watch:"
 
 class ScheduleError(ValueError):
     """A schedule that cannot be set; the message says why."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What the scheduler's jobs run with: the objects the process built at start-up."""
+
+    settings: Settings
+    judge: Judge
+
+
+# The job store keeps jobs by function name and arguments only, so the running process's objects reach its
+# jobs here; `start_scheduler` sets it.
+_running: JobContext | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +95,12 @@ def show_schedule(settings: Settings) -> list[ScheduledJob]:
         scheduler.shutdown(wait=False)
 
 
-def start_scheduler(settings: Settings) -> BackgroundScheduler:
+def start_scheduler(context: JobContext) -> BackgroundScheduler:
     """The running scheduler of `tuneloop up`: the configured aliases' cycles (unless already scheduled with
-    another cron by `tuneloop schedule set`) and a canary watch per alias."""
+    another cron by `tuneloop schedule set`) and a canary watch per alias, run with `context`."""
+    global _running
+    _running = context
+    settings = context.settings
     scheduler = make_scheduler(settings)
     scheduler.start(paused=True)
     existing = {job.id for job in scheduler.get_jobs()}
@@ -96,32 +114,48 @@ def start_scheduler(settings: Settings) -> BackgroundScheduler:
     return scheduler
 
 
+def _context() -> JobContext:
+    if _running is None:
+        raise RuntimeError("scheduler jobs run in the process that started the scheduler (start_scheduler)")
+    return _running
+
+
 def scheduled_cycle(alias: str, trigger: str = "schedule") -> dict[str, Any]:
-    """One cycle of `alias` with the settings from the environment (what the cron job runs)."""
+    """The cron job: one cycle of `alias`."""
+    return run_cycle_now(_context(), alias, trigger)
+
+
+def watch_canary(alias: str) -> dict[str, Any]:
+    """The interval job: one canary analysis step of `alias`."""
+    return canary_step_now(_context(), alias)
+
+
+def run_cycle_now(context: JobContext, alias: str, trigger: str) -> dict[str, Any]:
+    """One cycle of `alias` (skipped, and recorded, if another cycle holds the lease)."""
     from deploy.cycle import LeasePolicy, run_cycle
     from deploy.cycle_steps import CyclePolicy, build_steps, cleanup_run
     from deploy.launcher import Launcher
 
-    settings = load_settings()
+    settings = context.settings
     engine = make_engine(settings.resolved_database_url)
     launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
     policy = CyclePolicy(alias=alias, min_new_examples=settings.cycle.min_new_examples,
                          canary_weight=settings.cycle.canary_weight, train_overrides=settings.cycle.train,
                          gate=settings.cycle.gate)
     lease = LeasePolicy(ttl_s=settings.cycle.lease_ttl_s, heartbeat_s=settings.cycle.lease_ttl_s / 5)
-    run = run_cycle(engine, alias, build_steps(settings, launcher, policy), trigger=trigger, lease=lease,
+    run = run_cycle(engine, alias, build_steps(settings, launcher, policy, context.judge), trigger=trigger, lease=lease,
                     cleanup=cleanup_run(launcher))
     log.info("cycle %s of %s: %s %s", run.id, alias, run.status, run.reason or "")
     return {"id": run.id, "status": str(run.status), "reason": run.reason}
 
 
-def watch_canary(alias: str) -> dict[str, Any]:
+def canary_step_now(context: JobContext, alias: str) -> dict[str, Any]:
     """One canary analysis step of `alias`: promote, roll back, advance a stage, or wait."""
     from deploy.analysis import CanaryPolicy
     from deploy.canary import step
     from deploy.launcher import Launcher
 
-    settings = load_settings()
+    settings = context.settings
     engine = make_engine(settings.resolved_database_url)
     launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
     result = step(engine, alias, CanaryPolicy.from_dict(settings.cycle.canary), launcher=launcher)

@@ -1,6 +1,6 @@
 """Judges behind one interface: Claude (anthropic SDK), any OpenAI-compatible endpoint, and an offline judge.
 
-The LLM judges share the article's rubric, parse JSON robustly, retry 429/5xx/timeouts/unparseable replies
+The LLM judges share one rubric (registry/rubric.py), parse JSON robustly, retry 429/5xx/timeouts/unparseable replies
 with exponential backoff (tenacity; the SDKs' own retries are off so attempts are counted in one place),
 bound their concurrency with a semaphore, count token usage, and cache verdicts in a JSON-lines file keyed
 by (question, reference, answer, rubric, judge model): re-judging unchanged answers costs nothing.
@@ -13,8 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -23,6 +22,7 @@ import anthropic
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from core.settings import DEFAULT_CLAUDE_MODEL
 from registry.reports import JudgeUsage
 from registry.rubric import (
     PAIRWISE_PROMPT,
@@ -38,7 +38,6 @@ from registry.rubric import (
 )
 
 log = logging.getLogger("tuneloop.judges")
-DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-6"  # the article's judge
 V = TypeVar("V", ScoreVerdict, PairwiseVerdict)
 
 
@@ -269,87 +268,3 @@ def openai_base_url(base_url: str) -> str:
     """The SDK wants the /v1 root; tuneloop's settings store replica URLs without it."""
     base = base_url.rstrip("/")
     return base if base.endswith("/v1") else base + "/v1"
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Which judge to use. From the environment (see `from_env`); `auto` picks Claude when a key is set."""
-
-    kind: str = field(default="auto", metadata={"help": "auto, anthropic, openai or reference."})
-    model: str = field(default="", metadata={"help": f"Judge model; anthropic default {DEFAULT_CLAUDE_MODEL}."})
-    base_url: str = field(default="", metadata={"help": "Endpoint (required for openai; optional for anthropic)."})
-    api_key: str = field(default="", repr=False, metadata={"help": "Key for the judge endpoint."})
-    concurrency: int = field(default=4, metadata={"help": "Judge requests in flight at most."})
-    max_attempts: int = field(default=5, metadata={"help": "Attempts per verdict (429/5xx/timeouts/garbage)."})
-    timeout_s: float = field(default=60.0, metadata={"help": "Per-request timeout, seconds."})
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("auto", "anthropic", "openai", "reference"):
-            raise ValueError(f"kind: {self.kind!r} is not one of auto, anthropic, openai, reference")
-        if self.kind == "openai" and not (self.base_url and self.model):
-            raise ValueError("base_url: an openai judge needs TUNELOOP_JUDGE_BASE_URL and TUNELOOP_JUDGE_MODEL")
-        if self.kind == "anthropic" and not self.api_key:
-            raise ValueError("api_key: an anthropic judge needs ANTHROPIC_API_KEY or TUNELOOP_JUDGE_API_KEY")
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency: {self.concurrency} must be at least 1")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts: {self.max_attempts} must be at least 1")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s: {self.timeout_s} must be positive")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> JudgeConfig:
-        """TUNELOOP_JUDGE_{KIND,MODEL,BASE_URL,API_KEY,CONCURRENCY,MAX_ATTEMPTS,TIMEOUT_S}; ANTHROPIC_API_KEY too."""
-        env = os.environ if environ is None else environ
-        kind = env.get("TUNELOOP_JUDGE_KIND", "auto")
-        api_key = env.get("TUNELOOP_JUDGE_API_KEY", "")
-        if not api_key and kind in ("auto", "anthropic"):
-            api_key = env.get("ANTHROPIC_API_KEY", "")
-        default_url = env.get("ANTHROPIC_BASE_URL", "") if kind != "openai" else ""
-
-        def number(name: str, default: float, kind_of: type) -> Any:
-            raw = env.get(name)
-            try:
-                return default if raw is None else kind_of(raw)
-            except ValueError:
-                raise ValueError(f"{name}: {raw!r} is not a valid {kind_of.__name__}") from None
-
-        try:
-            return cls(
-                kind=kind, model=env.get("TUNELOOP_JUDGE_MODEL", ""),
-                base_url=env.get("TUNELOOP_JUDGE_BASE_URL", default_url), api_key=api_key,
-                concurrency=number("TUNELOOP_JUDGE_CONCURRENCY", 4, int),
-                max_attempts=number("TUNELOOP_JUDGE_MAX_ATTEMPTS", 5, int),
-                timeout_s=number("TUNELOOP_JUDGE_TIMEOUT_S", 60.0, float),
-            )
-        except ValueError as exc:
-            raise ValueError(f"judge settings: {exc}") from None
-
-
-def build_judge(config: JudgeConfig, cache_path: Path | None = None) -> Judge:
-    from registry.reference_judge import ReferenceJudge
-
-    kind = config.kind
-    if kind == "auto":
-        kind = "anthropic" if config.api_key else "reference"
-    if kind == "reference":
-        return ReferenceJudge()
-    options: dict[str, Any] = {"concurrency": config.concurrency, "max_attempts": config.max_attempts,
-                               "cache": JudgeCache(cache_path), "timeout_s": config.timeout_s}
-    if kind == "anthropic":
-        return AnthropicJudge(config.model or DEFAULT_CLAUDE_MODEL, api_key=config.api_key,
-                              base_url=config.base_url or None, **options)
-    return OpenAIJudge(config.model, base_url=config.base_url, api_key=config.api_key, **options)
-
-
-def judge_from_settings(settings: Any = None, environ: Mapping[str, str] | None = None) -> Judge:
-    """Claude when a judge key is configured, an OpenAI-compatible judge when asked for, else the offline one.
-
-    Verdicts of LLM judges are cached in HOME/judge-cache.jsonl.
-    """
-    if settings is None:
-        from core.settings import load_settings
-
-        settings = load_settings()
-    config = JudgeConfig.from_env(environ)
-    return build_judge(config, cache_path=Path(settings.home) / "judge-cache.jsonl")

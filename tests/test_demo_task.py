@@ -116,7 +116,7 @@ def test_demo_tokenizer_keeps_task_words_whole() -> None:
 
 def test_the_demo_prints_the_gate_and_its_forgetting_check() -> None:
     from deploy.cycle_runs import CycleRunPublic, CycleStepPublic
-    from deploy.demo import DemoReport, Measurement
+    from tuneloop.demo import DemoReport, Measurement
 
     gate = {"passed": False, "reasons": ["FAIL: golden set: mean score 3.00"],
             "figures": {"regression_base_points": 35.9, "regression_candidate_points": 38.3,

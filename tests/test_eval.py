@@ -146,7 +146,7 @@ def test_tuneloop_eval_gates_a_version_end_to_end(vllm_server, demo_model_dir: P
 
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    monkeypatch.delenv("TUNELOOP_JUDGE_KIND", raising=False)
+    monkeypatch.delenv("TUNELOOP_JUDGE__KIND", raising=False)
     runner = CliRunner()
     result = runner.invoke(app, ["models", "register-base", "demo", str(demo_model_dir)])
     assert result.exit_code == 0, result.output

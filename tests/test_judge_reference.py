@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from core.settings import load_settings
-from registry.judges import AnthropicJudge, JudgeConfig, OpenAIJudge, build_judge, judge_from_settings
+from core.settings import JudgeSettings, Settings, SettingsError, load_settings
+from registry.judge_factory import build_judge
+from registry.judges import AnthropicJudge, OpenAIJudge
 from registry.reference_judge import ReferenceJudge, json_shape_checker, similarity
 from registry.rubric import VerdictParseError, parse_pairwise, parse_score, render_question
 from trainer import demo_task
+from tuneloop.compose import judge as configured_judge
 
 
 async def test_scores_follow_closeness_to_the_reference() -> None:
@@ -102,34 +105,46 @@ def test_render_question() -> None:
     assert rendered == "[system] Be terse.\n[user] hi"
 
 
-def test_judge_choice_from_the_environment(tmp_path: Path) -> None:
-    settings = load_settings(home=tmp_path)
-    assert isinstance(judge_from_settings(settings, environ={}), ReferenceJudge)
-    claude = judge_from_settings(settings, environ={"ANTHROPIC_API_KEY": "sk-test"})
+def _settings(monkeypatch: pytest.MonkeyPatch, home: Path, **environ: str) -> Settings:
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "TUNELOOP_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    for name in [n for n in os.environ if n.startswith("TUNELOOP_JUDGE")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    return load_settings(home=home)
+
+
+def test_judge_choice_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(configured_judge(_settings(monkeypatch, tmp_path)), ReferenceJudge)
+    claude = configured_judge(_settings(monkeypatch, tmp_path, ANTHROPIC_API_KEY="sk-test"))
     assert isinstance(claude, AnthropicJudge) and claude.model == "claude-sonnet-4-6"
     assert claude.cache.path == tmp_path / "judge-cache.jsonl"
-    local = judge_from_settings(settings, environ={
-        "TUNELOOP_JUDGE_KIND": "openai", "TUNELOOP_JUDGE_BASE_URL": "http://127.0.0.1:9", "TUNELOOP_JUDGE_MODEL": "big",
-        "ANTHROPIC_API_KEY": "ignored",
-    })
+    local = configured_judge(_settings(
+        monkeypatch, tmp_path, TUNELOOP_JUDGE__KIND="openai", TUNELOOP_JUDGE__BASE_URL="http://127.0.0.1:9",
+        TUNELOOP_JUDGE__MODEL="big", ANTHROPIC_API_KEY="sk-anthropic-secret"))
     assert isinstance(local, OpenAIJudge) and local.name == "openai:big"
-    forced = build_judge(JudgeConfig(kind="reference", api_key="sk-test"))
+    assert local.client.api_key != "sk-anthropic-secret"  # Anthropic's key never goes to another endpoint
+    forced = build_judge(JudgeSettings(kind="reference", api_key="sk-test"))
     assert isinstance(forced, ReferenceJudge)
+    secret = _settings(monkeypatch, tmp_path, TUNELOOP_JUDGE__API_KEY="sk-hidden")
+    assert "sk-hidden" not in repr(secret) and "sk-hidden" not in secret.model_dump_json()
 
 
 @pytest.mark.parametrize(
-    ("environ", "field"),
+    ("environ", "named"),
     [
-        ({"TUNELOOP_JUDGE_KIND": "oracle"}, "kind"),
-        ({"TUNELOOP_JUDGE_KIND": "openai"}, "base_url"),
-        ({"TUNELOOP_JUDGE_KIND": "anthropic"}, "api_key"),
-        ({"TUNELOOP_JUDGE_CONCURRENCY": "0"}, "concurrency"),
-        ({"TUNELOOP_JUDGE_CONCURRENCY": "many"}, "TUNELOOP_JUDGE_CONCURRENCY"),
+        ({"TUNELOOP_JUDGE__KIND": "oracle"}, "TUNELOOP_JUDGE__KIND"),
+        ({"TUNELOOP_JUDGE__KIND": "openai"}, "TUNELOOP_JUDGE__BASE_URL"),
+        ({"TUNELOOP_JUDGE__KIND": "anthropic"}, "ANTHROPIC_API_KEY"),
+        ({"TUNELOOP_JUDGE__CONCURRENCY": "0"}, "TUNELOOP_JUDGE__CONCURRENCY"),
+        ({"TUNELOOP_JUDGE__CONCURRENCY": "many"}, "TUNELOOP_JUDGE__CONCURRENCY"),
     ],
 )
-def test_bad_judge_settings_name_the_field(environ: dict[str, str], field: str) -> None:
-    with pytest.raises(ValueError, match=field):
-        JudgeConfig.from_env(environ)
+def test_bad_judge_settings_name_the_variable(environ: dict[str, str], named: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match=named):
+        _settings(monkeypatch, tmp_path, **environ)
 
 
 async def test_json_answers_are_judged_field_by_field() -> None:

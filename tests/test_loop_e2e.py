@@ -18,10 +18,10 @@ from rich.console import Console
 
 from core.db import make_engine
 from core.settings import Settings
-from deploy.demo import DemoConfig, DemoReport, run_demo
 from deploy.demo_traffic import hostile_rater, poisoned_rater
 from deploy.launcher import Launcher
 from registry import store
+from tuneloop.demo import DemoConfig, DemoReport, run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from rich.console import Console
 
 from core.db import make_engine
 from core.settings import Settings
-from deploy.demo import DemoConfig, run_demo
 from deploy.launcher import Launcher
 from registry import store
+from tuneloop.demo import DemoConfig, run_demo
 
 pytestmark = pytest.mark.slow
 

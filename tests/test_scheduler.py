@@ -10,12 +10,14 @@ from core.settings import Settings
 from deploy.scheduler import (
     CYCLE_JOB_PREFIX,
     WATCH_JOB_PREFIX,
+    JobContext,
     ScheduleError,
     parse_cron,
     set_schedule,
     show_schedule,
     start_scheduler,
 )
+from registry.reference_judge import ReferenceJudge
 from registry.store import register_base
 from tuneloop.cli import app
 
@@ -48,8 +50,8 @@ def test_set_and_show_schedule(settings):
 
 def test_running_scheduler_keeps_a_set_schedule_and_watches_canaries(settings):
     set_schedule(settings, "demo", "30 1 * * *")
-    scheduler = start_scheduler(settings.model_copy(update={"cycle": settings.cycle.model_copy(
-        update={"aliases": ["demo"], "cron": "0 3 * * *", "canary_watch_s": 3600})}))
+    scheduler = start_scheduler(JobContext(settings.model_copy(update={"cycle": settings.cycle.model_copy(
+        update={"aliases": ["demo"], "cron": "0 3 * * *", "canary_watch_s": 3600})}), ReferenceJudge()))
     try:
         jobs = {job.id: job for job in scheduler.get_jobs()}
         assert set(jobs) == {CYCLE_JOB_PREFIX + "demo", WATCH_JOB_PREFIX + "demo"}

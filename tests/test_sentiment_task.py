@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.demo import DemoConfig
 from deploy.demo_tasks import ORDERS, SENTIMENT
 from trainer.sentiment_task import expected_label, format_ok, is_correct, make_examples
+from tuneloop.demo import DemoConfig
 
 
 def test_examples_carry_the_label_their_message_calls_for() -> None:

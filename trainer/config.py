@@ -64,7 +64,7 @@ class TrainConfig:
 
     base_model: str = field(
         default="",
-        metadata=_meta("Base model: a local directory or an HF id; empty: settings.resolved_base_model."),
+        metadata=_meta("Base model: a local directory or an HF id; `tuneloop train` fills in the settings' one."),
     )
     method: str = field(
         default="auto",
@@ -155,7 +155,7 @@ class TrainConfig:
     max_steps: int = field(
         default=0, metadata=_meta("Stop after N optimizer steps (smoke runs); 0: no limit.")
     )
-    output_dir: str = field(default="", metadata=_meta("Runs directory; empty: <home>/runs."))
+    output_dir: str = field(default="", metadata=_meta("Runs directory; `tuneloop train` fills in HOME/runs."))
     run_name: str = field(default="", metadata=_meta("A label for the run (also sent to W&B/MLflow)."))
     report_to: list[str] = field(
         default_factory=list,

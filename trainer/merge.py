@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from trainer.rundir import read_run, utc_now
+from core.clock import utcnow
+from trainer.rundir import read_run
 
 # Generic chats always in the probe batch, so a merge is checked even when the run's dataset is gone.
 FIXED_PROBES = (
@@ -237,7 +238,7 @@ def merge_adapter(run_dir_or_adapter_dir: str | Path, out_dir: str | Path, *, de
             "dtype": dtype,
             "equivalence": report.to_dict(),
             "float32_merge_equivalence": exact.to_dict(),
-            "merged_at": utc_now().isoformat(),
+            "merged_at": utcnow().isoformat(),
         }
         (partial / "merge.json").write_text(json.dumps(info, indent=2))
         os.replace(partial, out)

@@ -16,9 +16,10 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from core.clock import utcnow
 
 PARTIAL_PREFIX = ".partial-"
 # Fields that change where or how a run is reported, not what it computes.
@@ -75,10 +76,6 @@ def _readable_json(path: Path) -> bool:
     return True
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @contextlib.contextmanager
 def open_partial(runs_root: Path, key: str, *, resume: bool) -> Iterator[PartialRun]:
     """The partial directory for `key`, locked against a concurrent identical run for the block's duration."""
@@ -94,7 +91,7 @@ def open_partial(runs_root: Path, key: str, *, resume: bool) -> Iterator[Partial
         pending = json.loads(pending_file.read_text()) if pending_file.is_file() else {}
         if not resume and (path / "checkpoints").exists():
             shutil.rmtree(path / "checkpoints")
-        now = utc_now()
+        now = utcnow()
         run_id = pending.get("run_id") or f"{now:%Y%m%d-%H%M%S}-{key[:8]}"
         started_at = pending.get("started_at") or now.isoformat()
         attempt = int(pending.get("attempt", 0)) + 1

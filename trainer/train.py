@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig
+from core.clock import utcnow
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import VIEW_FILES, DatasetVersion, load_dataset_version, read_manifest, read_split
 from trainer.defaults import Resolved, detect_environment, preference_learning_rate, resolve, shape_from_config
 from trainer.methods import MethodPlan, ViewSizes, plan_method
-from trainer.rundir import PartialRun, open_partial, publish, run_key, utc_now
+from trainer.rundir import PartialRun, open_partial, publish, run_key
 
 ADAPTER_DIRNAME = "adapter"
 
@@ -48,9 +49,8 @@ def resolve_base_model(config: TrainConfig) -> str:
     """Absolute path for a local base model (adapter configs must not hold relative paths), else the HF id."""
     base = config.base_model
     if not base:
-        from core.settings import load_settings
-
-        base = load_settings().resolved_base_model
+        raise ConfigError("base_model", "empty; name a local checkpoint or an HF id (`tuneloop train` fills in "
+                                        "the settings' base model)")
     local = Path(base).expanduser()
     return str(local.resolve()) if local.exists() else base
 
@@ -65,11 +65,9 @@ def read_model_config(base_model: str) -> dict[str, Any]:
 
 
 def runs_root(config: TrainConfig) -> Path:
-    if config.output_dir:
-        return Path(config.output_dir).expanduser().resolve()
-    from core.settings import load_settings
-
-    return (load_settings().home / "runs").resolve()
+    if not config.output_dir:
+        raise ConfigError("output_dir", "empty; name the directory runs go under (`tuneloop train` uses HOME/runs)")
+    return Path(config.output_dir).expanduser().resolve()
 
 
 @dataclass
@@ -293,7 +291,7 @@ def _train_in(
         "status": "complete",
         "adapter_dir": ADAPTER_DIRNAME,
         "started_at": partial.started_at,
-        "finished_at": utc_now().isoformat(),
+        "finished_at": utcnow().isoformat(),
         "attempts": partial.attempt,
         "resumed_from_step": int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else None,
         "config": config.to_dict(),

@@ -23,11 +23,11 @@ console = Console()
 
 # Sub-apps of the packages (one line each; keep this block sorted).
 # --- sub-apps ---
-from deploy.cli import canary_app, deploy_app  # noqa: E402
-from deploy.cycle_cli import cycle_app, schedule_app  # noqa: E402
-from feedback.cli import curate_command, datasets_app  # noqa: E402
-from registry.cli import eval_command, models_app  # noqa: E402
-from trainer.cli import merge_command, train_command  # noqa: E402
+from tuneloop.commands.curate import curate_command, datasets_app  # noqa: E402
+from tuneloop.commands.cycle import cycle_app, schedule_app  # noqa: E402
+from tuneloop.commands.deploy import canary_app, deploy_app  # noqa: E402
+from tuneloop.commands.models import eval_command, models_app  # noqa: E402
+from tuneloop.commands.train import merge_command, train_command  # noqa: E402
 
 app.command("curate")(curate_command)
 app.add_typer(canary_app, name="canary")
@@ -51,7 +51,7 @@ def serve_command(
 
     settings = load_settings()
     migrate(settings.resolved_database_url)
-    uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers,
+    uvicorn.run("tuneloop.asgi:gateway_app", factory=True, host=settings.host, port=settings.port, workers=workers,
                 log_level="warning")
 
 
@@ -63,6 +63,7 @@ def up_command() -> None:
     from deploy.quickstart import bring_up, quickstart_launcher, usage_text
     from deploy.scheduler import start_scheduler
     from gateway.app import create_app
+    from tuneloop.compose import job_context
 
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that ends the process
     # before `finally` runs and the vLLM servers outlive it (seen). Turned into SystemExit, the cleanup runs. It is
@@ -89,7 +90,7 @@ def up_command() -> None:
     scheduler = None
     try:
         quick = bring_up(settings, console, launcher)
-        scheduler = start_scheduler(settings)
+        scheduler = start_scheduler(job_context(settings))
         base_url = f"http://{settings.host}:{settings.port}"
         console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
         for job in scheduler.get_jobs():
@@ -114,9 +115,9 @@ def demo_command(
     """Play a day in fast motion: users, ratings, one improvement cycle, canary, before/after figures."""
     import shutil
 
-    from deploy.demo import DemoConfig, run_demo
     from deploy.launcher import Launcher
     from deploy.quickstart import ensure_base_model
+    from tuneloop.demo import DemoConfig, run_demo
 
     try:
         day = DemoConfig.for_feedback(feedback, morning_requests=morning, afternoon_requests=afternoon)

@@ -195,7 +195,7 @@ def eval_command(
     from registry.evaluate import load_examples, regression_examples
     from registry.gate import GatePolicy
     from registry.gating import Endpoint, gate_version
-    from registry.judges import judge_from_settings
+    from tuneloop.compose import judge as configured_judge
 
     settings, engine = _engine()
     try:
@@ -212,7 +212,7 @@ def eval_command(
         production = Endpoint(_endpoint_url(settings, production_name, production_url, url), production_name)
         base_name = base_model or base_id
         base = Endpoint(_endpoint_url(settings, base_name, base_url, production.base_url), base_name)
-        judge = judge_from_settings(settings)
+        judge = configured_judge(settings)
     except (store.RegistryError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"gating {version_id} with judge [bold]{judge.name}[/] on {len(examples)} eval examples")

@@ -11,7 +11,8 @@ from rich.table import Table
 from core.db import make_engine, migrate
 from core.settings import load_settings
 from deploy.cycle_runs import get_run, list_runs
-from deploy.scheduler import ScheduleError, scheduled_cycle, set_schedule, show_schedule
+from deploy.scheduler import ScheduleError, run_cycle_now, set_schedule, show_schedule
+from tuneloop.compose import job_context
 
 cycle_app = typer.Typer(help="The improvement cycle: curate, train, merge, gate, canary.", no_args_is_help=True)
 schedule_app = typer.Typer(help="When the cycle runs (APScheduler, stored in the database).", no_args_is_help=True)
@@ -23,7 +24,7 @@ def run_now(alias: str = typer.Option("demo", help="The model alias to improve."
     """Run one cycle now (skipped, and recorded, if another cycle holds the lease)."""
     settings = load_settings()
     migrate(settings.resolved_database_url)
-    outcome = scheduled_cycle(alias, trigger="manual")
+    outcome = run_cycle_now(job_context(settings), alias, trigger="manual")
     console.print(f"cycle {outcome['id']}: [bold]{outcome['status']}[/] {outcome['reason'] or ''}")
     if outcome["status"] == "failed":
         raise typer.Exit(1)

@@ -29,6 +29,8 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Fine-tune the base model on a dataset version (QLoRA on CUDA, LoRA on CPU) and publish the run."""
+    import dataclasses
+
     from core.settings import load_settings
     from trainer.config import ConfigError, load_train_config
     from trainer.data import DatasetError, resolve_dataset_dir
@@ -36,8 +38,12 @@ def train_command(
     from trainer.train import plan, train
 
     try:
+        settings = load_settings()
         train_config = load_train_config(config, overrides or [])
-        dataset_dir = resolve_dataset_dir(dataset, load_settings().home)
+        train_config = dataclasses.replace(  # the settings fill what the file and --set leave empty
+            train_config, base_model=train_config.base_model or settings.resolved_base_model,
+            output_dir=train_config.output_dir or str(settings.home / "runs"))
+        dataset_dir = resolve_dataset_dir(dataset, settings.home)
         decided = plan(train_config, dataset_dir)
         version, resolved = decided.dataset, decided.resolved
     except (ConfigError, DatasetError) as err:

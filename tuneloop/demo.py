@@ -34,9 +34,11 @@ from deploy.demo_traffic import Rater, TrafficSummary, honest_rater, simulate_us
 from deploy.inprocess import serve_in_thread
 from deploy.launcher import Launcher
 from deploy.quickstart import ensure_base_model
+from gateway.app import create_app
 from registry import store
 from registry.evaluate import evaluate_endpoint, examples_from_records
 from registry.reference_judge import ReferenceJudge
+from tuneloop.compose import judge as configured_judge
 
 # The trainer's defaults for the machine (trainer/defaults.py); per-epoch eval is skipped to save time.
 DEMO_TRAIN = {"eval_each_epoch": False}
@@ -160,7 +162,6 @@ def measure(base_url: str, served_name: str, heldout: list[dict[str, Any]], task
 
 def run_demo(settings: Settings, console: Console, config: DemoConfig | None = None) -> DemoReport:
     """One simulated day. On a home that already has the alias it goes on from the current production."""
-    from gateway.app import create_app
 
     config = config or DemoConfig()
     started = time.perf_counter()
@@ -188,8 +189,8 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
         policy = CyclePolicy(alias=config.alias, min_new_examples=20, canary_weight=config.canary_weight,
                              train_overrides=DEMO_TRAIN, curation={"eval_fraction": 0.1}, gate=config.gate,
                              golden_examples=task.make_examples(24, config.seed + 2000), eval_limit=32)
-        cycle = run_cycle(engine, config.alias, build_steps(settings, launcher, policy), trigger="demo",
-                          cleanup=cleanup_run(launcher))
+        steps = build_steps(settings, launcher, policy, configured_judge(settings))
+        cycle = run_cycle(engine, config.alias, steps, trigger="demo", cleanup=cleanup_run(launcher))
         console.print(f"    cycle {cycle.id}: [bold]{cycle.status}[/] {cycle.reason or cycle.error or ''}")
         action, reasons, p_value = "none", [], None
         if cycle.status == "succeeded":
