@@ -32,6 +32,7 @@ run: $(VENV)/.installed $(VLLM_VENV)/.installed
 
 test: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test-quick: $(VENV)/.installed
@@ -39,6 +40,7 @@ test-quick: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench-gateway: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/gateway/run.py

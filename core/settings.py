@@ -17,6 +17,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from core.policies import CanaryPolicy, GatePolicy
+
 # Where the embedded default base model (trainer/real_model.py) is converted to, under HOME/models.
 DEFAULT_BASE_DIR = "smollm2-135m-instruct"
 
@@ -92,8 +94,8 @@ class CycleSettings(BaseModel):
     canary_watch_s: float = Field(60.0, gt=0, description="How often the canary analysis runs.")
     serve_mode: str = Field("auto", pattern="^(auto|merged|adapter)$", description="How candidates are served.")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for cycle runs.")
-    canary: dict[str, Any] = Field(default_factory=dict, description="CanaryPolicy overrides.")
-    gate: dict[str, Any] = Field(default_factory=dict, description="GatePolicy overrides.")
+    canary: CanaryPolicy = Field(default_factory=CanaryPolicy, description="When a canary is promoted or rolled back.")
+    gate: GatePolicy = Field(default_factory=GatePolicy, description="What a candidate must pass to reach canary.")
     lease_ttl_s: float = Field(300.0, gt=0, description="A cycle's lease without heartbeat expires after this.")
 
 

@@ -22,11 +22,13 @@ traffic reaches is visible instead of a silent wait; it changes no decision.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
 from scipy.stats import fisher_exact, norm
+
+from core.policies import CanaryPolicy
 
 
 class Action(StrEnum):
@@ -67,53 +69,6 @@ class ArmFigures:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class CanaryPolicy:
-    """When a canary is promoted, rolled back, or left running to gather more traffic."""
-
-    min_requests: int = 200  # per arm, before the error and latency checks can pass
-    min_ratings: int = 30  # thumbs up + down per arm, before the thumbs-down check can pass (0: not required)
-    max_error_rate_increase: float = 0.01  # absolute, e.g. 0.01 = one percentage point
-    max_thumbs_down_rate_increase: float = 0.05  # absolute share of thumbs-down among ratings
-    alpha: float = 0.05  # significance level of the one-sided tests
-    max_p95_latency_ratio: float | None = 1.5  # canary p95 / production p95; None: latency not checked
-    require_non_inferiority: bool = False  # ok needs the confidence bound (not just the estimate) in the allowance
-    stages: tuple[int, ...] = ()  # weights (1-99) a passing canary steps through before promotion, e.g. (50,)
-    require_better_thumbs: bool = False  # promote only when the canary's thumbs-up rate is significantly higher
-    better_alpha: float = 0.01  # significance level of that one-sided test
-
-    def __post_init__(self) -> None:
-        for name in ("min_requests", "min_ratings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
-        for name in ("max_error_rate_increase", "max_thumbs_down_rate_increase"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}: must be a fraction from 0 to 1, got {getattr(self, name)!r}")
-        for name in ("alpha", "better_alpha"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be between 0 and 1, got {getattr(self, name)!r}")
-        if self.max_p95_latency_ratio is not None and not self.max_p95_latency_ratio >= 1:
-            raise ValueError(f"max_p95_latency_ratio: must be >= 1, got {self.max_p95_latency_ratio!r}")
-        stages = tuple(self.stages)
-        if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 99 for s in stages):
-            raise ValueError(f"stages: weights must be integers from 1 to 99 (promotion is 100), got {stages!r}")
-        if list(stages) != sorted(set(stages)):
-            raise ValueError(f"stages: must be strictly increasing, got {stages!r}")
-        object.__setattr__(self, "stages", stages)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CanaryPolicy:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"canary policy: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**{k: tuple(v) if k == "stages" else v for k, v in data.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "stages": list(self.stages)}
 
 
 @dataclass(frozen=True)

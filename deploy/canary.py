@@ -16,7 +16,8 @@ from sqlalchemy import Engine
 
 from core.clock import utcnow
 from core.deployments_table import DeploymentStatus
-from deploy.analysis import Action, Analysis, ArmFigures, CanaryPolicy, analyse
+from core.policies import CanaryPolicy
+from deploy.analysis import Action, Analysis, ArmFigures, analyse
 from deploy.deployments import DeploymentError, active_deployment, active_deployments
 from deploy.figures import arm_figures
 from deploy.launcher import Launcher

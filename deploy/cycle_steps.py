@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from core.policies import GatePolicy
 from core.settings import Settings
 from deploy.canary import start as start_canary
 from deploy.cycle import CycleContext, SkipCycle, Step
@@ -27,7 +28,6 @@ from feedback.policy import CurationPolicy
 from registry import store
 from registry.errors import UnknownVersion
 from registry.evaluate import EvalExample, examples_from_records, load_examples
-from registry.gate import GatePolicy
 from registry.gating import Endpoint, gate_version
 from registry.judges import Judge
 from registry.models import ModelVersionCreate, VersionStatus
@@ -44,7 +44,7 @@ class CyclePolicy:
     canary_weight: int = 20  # percent of the alias's traffic the new version gets first
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     curation: dict[str, Any] = field(default_factory=dict)  # CurationPolicy fields
-    gate: dict[str, Any] = field(default_factory=dict)  # GatePolicy fields
+    gate: GatePolicy = field(default_factory=GatePolicy)
     golden_examples: list[dict[str, Any]] = field(default_factory=list)  # trusted chat examples, always gated
     eval_limit: int = 64  # eval-split examples judged per version
     merge: bool = True  # also write a merged checkpoint (adapter-only serving needs none)
@@ -58,7 +58,6 @@ class CyclePolicy:
             raise ValueError("canary_weight: must be an integer percent from 1 to 100")
         if self.eval_limit < 1:
             raise ValueError("eval_limit: must be >= 1")
-        GatePolicy(**self.gate)  # unknown or bad gate fields fail here, before any work
         CurationPolicy(**self.curation)
 
 
@@ -138,7 +137,7 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
         examples = load_examples(Path(dataset.path) / "eval.jsonl", limit=policy.eval_limit)
         run = asyncio.run(gate_version(
             engine, version_id, endpoints[version_id], endpoints[production.id], endpoints[base.id], examples,
-            judge, settings.home / "evals", GatePolicy(**policy.gate), actor=f"cycle:{ctx.run_id}",
+            judge, settings.home / "evals", policy.gate, actor=f"cycle:{ctx.run_id}",
             golden=golden(policy),
         ))
         figures = {"passed": run.decision.passed, "reasons": list(run.decision.reasons),

@@ -151,14 +151,13 @@ def run_cycle_now(context: JobContext, alias: str, trigger: str) -> dict[str, An
 
 def canary_step_now(context: JobContext, alias: str) -> dict[str, Any]:
     """One canary analysis step of `alias`: promote, roll back, advance a stage, or wait."""
-    from deploy.analysis import CanaryPolicy
     from deploy.canary import step
     from deploy.launcher import Launcher
 
     settings = context.settings
     engine = make_engine(settings.resolved_database_url)
     launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
-    result = step(engine, alias, CanaryPolicy.from_dict(settings.cycle.canary), launcher=launcher)
+    result = step(engine, alias, settings.cycle.canary, launcher=launcher)
     if str(result.action) != "wait":
         log.info("canary %s of %s: %s (%s)", result.canary_id, alias, result.action, "; ".join(result.reasons))
     return result.to_dict()

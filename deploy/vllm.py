@@ -92,10 +92,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def default_vllm_python() -> str:
-    """The vLLM environment's interpreter: TUNELOOP_VLLM_PYTHON, else .venv-vllm next to the checkout."""
-    configured = os.environ.get("TUNELOOP_VLLM_PYTHON")
-    if configured:
-        return configured
+    """The vLLM environment's interpreter when the settings name none (`vllm_python`): .venv-vllm next to the
+    checkout, else this interpreter."""
     local = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
     return str(local) if local.exists() else sys.executable
 
@@ -204,6 +202,8 @@ def _alive(pid: int) -> bool:
 
 
 def vllm_environment(work_dir: Path, python: str) -> dict[str, str]:
+    """The server process's environment: this process's own (PATH, HOME, proxies...) with vLLM's cache, temp
+    directory and CPU settings pointed at the server's work directory."""
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"

@@ -14,51 +14,11 @@ A check whose input was not evaluated fails, unless the policy turns that check 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.policies import GatePolicy
 from registry.reports import EvalReport, PairwiseReport, score_to_points
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """Thresholds of the gate; None turns a check off."""
-
-    min_mean_score: float = field(default=4.0, metadata={"help": "Lowest mean 1-5 judge score on the eval split."})
-    max_drop_vs_production: float | None = field(
-        default=0.1, metadata={"help": "How far (in 1-5 score units) the mean may fall below production's."}
-    )
-    min_pairwise_win_rate: float | None = field(
-        default=0.5, metadata={"help": "Lowest (wins + ties/2) / pairs against production; 0.5 = on par."}
-    )
-    max_regression_drop_points: float | None = field(
-        default=5.0,
-        metadata={"help": "Largest drop on the regression set vs the base model, in points: the 1-5 mean mapped "
-                          "to 0-100 (1 -> 0, 5 -> 100), so 5 points = 0.2 of a score."},
-    )
-    min_golden_score: float | None = field(
-        default=4.0, metadata={"help": "Lowest mean 1-5 judge score on the golden set alone (when one is given)."}
-    )
-    max_failure_rate: float = field(
-        default=0.1, metadata={"help": "Largest share of examples per report that failed to answer or be judged."}
-    )
-    min_examples: int = field(default=1, metadata={"help": "Fewest scored examples an eval split may have."})
-
-    def __post_init__(self) -> None:
-        if not 1.0 <= self.min_mean_score <= 5.0:
-            raise ValueError(f"min_mean_score: {self.min_mean_score} is outside the 1-5 judge scale")
-        if self.max_drop_vs_production is not None and not 0.0 <= self.max_drop_vs_production <= 4.0:
-            raise ValueError(f"max_drop_vs_production: {self.max_drop_vs_production} must be 0-4 score units")
-        if self.min_pairwise_win_rate is not None and not 0.0 <= self.min_pairwise_win_rate <= 1.0:
-            raise ValueError(f"min_pairwise_win_rate: {self.min_pairwise_win_rate} must be between 0 and 1")
-        if self.max_regression_drop_points is not None and not 0.0 <= self.max_regression_drop_points <= 100.0:
-            raise ValueError(f"max_regression_drop_points: {self.max_regression_drop_points} must be 0-100 points")
-        if self.min_golden_score is not None and not 1.0 <= self.min_golden_score <= 5.0:
-            raise ValueError(f"min_golden_score: {self.min_golden_score} is outside the 1-5 judge scale")
-        if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise ValueError(f"max_failure_rate: {self.max_failure_rate} must be between 0 and 1")
-        if self.min_examples < 1:
-            raise ValueError(f"min_examples: {self.min_examples} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -151,4 +111,4 @@ def decide(
 
     passed = all(ok for ok, _ in checks)
     reasons = [f"{'ok' if ok else 'FAIL'}: {text}" for ok, text in checks]
-    return GateDecision(passed=passed, reasons=reasons, figures=figures, policy=asdict(policy))
+    return GateDecision(passed=passed, reasons=reasons, figures=figures, policy=policy.model_dump())

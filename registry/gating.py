@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from core.policies import GatePolicy
 from registry.evaluate import EvalExample, compare_reports, evaluate_endpoint, regression_examples
-from registry.gate import GateDecision, GatePolicy, decide
+from registry.gate import GateDecision, decide
 from registry.judges import Judge
 from registry.reports import EvalReport, PairwiseReport
 from registry.store import record_gate

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.analysis import NO_CANARY_TRAFFIC, Action, ArmFigures, CanaryPolicy, Verdict, analyse, format_duration
+from core.policies import CanaryPolicy
+from deploy.analysis import NO_CANARY_TRAFFIC, Action, ArmFigures, Verdict, analyse, format_duration
 
 POLICY = CanaryPolicy(min_requests=200, min_ratings=30, max_error_rate_increase=0.01,
                       max_thumbs_down_rate_increase=0.05, alpha=0.05, max_p95_latency_ratio=1.5)

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from core.clock import utcnow
 from core.db import make_engine
+from core.policies import CanaryPolicy
 from deploy import canary
-from deploy.analysis import Action, CanaryPolicy
+from deploy.analysis import Action
 from deploy.deployments import list_deployments
 from deploy.figures import arm_figures
 from deploy.launcher import Launcher

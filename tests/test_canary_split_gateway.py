@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from core.db import make_engine
+from core.policies import CanaryPolicy
 from deploy import canary
-from deploy.analysis import CanaryPolicy
 from gateway.registry_router import in_canary
 from registry import store
 from tests.fake_upstream import UpstreamState, make_fake_upstream

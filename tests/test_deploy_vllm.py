@@ -20,8 +20,9 @@ import pytest
 
 from core.db import make_engine, migrate
 from core.deployments_table import DeploymentMode, DeploymentStatus
+from core.policies import CanaryPolicy
 from deploy import canary
-from deploy.analysis import Action, CanaryPolicy
+from deploy.analysis import Action
 from deploy.deployments import active_deployment, get_deployment
 from deploy.launcher import Launcher, ServeConfig
 from deploy.vllm_http import is_vllm_process, parse_metrics, requests_in_flight, served_models

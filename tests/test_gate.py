@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.gate import GatePolicy, decide
+from core.policies import GatePolicy
+from registry.gate import decide
 from registry.reports import EvalReport, ExampleResult, PairResult, PairwiseReport, score_to_points
 
 

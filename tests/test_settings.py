@@ -36,3 +36,34 @@ def test_cli_reports_bad_settings_without_a_traceback(tmp_path):
                             env=env)
     assert result.returncode == 2
     assert "TUNELOOP_PORT" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_bad_cycle_policies_name_their_variable_when_the_settings_load(monkeypatch) -> None:
+    monkeypatch.setenv("TUNELOOP_CYCLE__GATE__MIN_MEAN_SCORE", "7")
+    with pytest.raises(SettingsError, match="TUNELOOP_CYCLE__GATE__MIN_MEAN_SCORE"):
+        load_settings()
+    monkeypatch.delenv("TUNELOOP_CYCLE__GATE__MIN_MEAN_SCORE")
+    monkeypatch.setenv("TUNELOOP_CYCLE__CANARY__STAGES", "[50, 20]")
+    with pytest.raises(SettingsError, match="TUNELOOP_CYCLE__CANARY__STAGES.*increasing"):
+        load_settings()
+    monkeypatch.setenv("TUNELOOP_CYCLE__CANARY__STAGES", "[20, 50]")
+    monkeypatch.setenv("TUNELOOP_CYCLE__GATE", '{"min_golden_score": null}')  # None turns a check off
+    settings = load_settings()
+    assert settings.cycle.canary.stages == (20, 50) and settings.cycle.gate.min_golden_score is None
+
+
+def test_a_bad_cycle_train_field_stops_a_process_at_start(monkeypatch, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from tuneloop.cli import app
+    from tuneloop.compose import job_context
+
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNELOOP_CYCLE__TRAIN", '{"learning_rat": 0.001}')
+    with pytest.raises(SettingsError, match="TUNELOOP_CYCLE__TRAIN__LEARNING_RAT.*did you mean learning_rate"):
+        job_context(load_settings())
+    refused = CliRunner().invoke(app, ["cycle", "run-now"])
+    assert refused.exit_code != 0 and isinstance(refused.exception, SettingsError)
+    assert not (tmp_path / "datasets").exists()  # refused before curation
+    monkeypatch.setenv("TUNELOOP_CYCLE__TRAIN", '{"learning_rate": 0.001}')
+    assert job_context(load_settings()).settings.cycle.train == {"learning_rate": 0.001}

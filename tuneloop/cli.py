@@ -86,11 +86,12 @@ def up_command() -> None:
     settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)
+    context = job_context(settings)  # a bad cycle setting stops here, before vLLM starts
     launcher = quickstart_launcher(settings)
     scheduler = None
     try:
         quick = bring_up(settings, console, launcher)
-        scheduler = start_scheduler(job_context(settings))
+        scheduler = start_scheduler(context)
         base_url = f"http://{settings.host}:{settings.port}"
         console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
         for job in scheduler.get_jobs():

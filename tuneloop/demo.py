@@ -23,8 +23,8 @@ from rich.table import Table
 
 from core.api_keys import Scope, create_key
 from core.db import make_engine, migrate
+from core.policies import CanaryPolicy, GatePolicy
 from core.settings import Settings
-from deploy.analysis import CanaryPolicy
 from deploy.canary import step as canary_step
 from deploy.cycle import run_cycle
 from deploy.cycle_runs import CycleRunPublic
@@ -187,7 +187,8 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
         console.print("[bold]4/6[/] improvement cycle: curate -> train -> merge -> register -> serve -> gate "
                       "-> canary ...")
         policy = CyclePolicy(alias=config.alias, min_new_examples=20, canary_weight=config.canary_weight,
-                             train_overrides=DEMO_TRAIN, curation={"eval_fraction": 0.1}, gate=config.gate,
+                             train_overrides=DEMO_TRAIN, curation={"eval_fraction": 0.1},
+                             gate=GatePolicy(**config.gate),
                              golden_examples=task.make_examples(24, config.seed + 2000), eval_limit=32)
         steps = build_steps(settings, launcher, policy, configured_judge(settings))
         cycle = run_cycle(engine, config.alias, steps, trigger="demo", cleanup=cleanup_run(launcher))

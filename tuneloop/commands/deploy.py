@@ -60,7 +60,7 @@ def _launcher(engine: Any, mode: str = "auto") -> Any:
 def _policy(path: Path | None) -> Any:
     import yaml
 
-    from deploy.analysis import CanaryPolicy
+    from core.policies import CanaryPolicy
 
     if path is None:
         return CanaryPolicy()

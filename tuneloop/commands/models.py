@@ -192,8 +192,8 @@ def eval_command(
     max_regression_drop_points: float = typer.Option(5.0),
 ) -> None:
     """Run the gate for VERSION by hand: evaluate, compare with production and the base, decide, record."""
+    from core.policies import GatePolicy
     from registry.evaluate import load_examples, regression_examples
-    from registry.gate import GatePolicy
     from registry.gating import Endpoint, gate_version
     from tuneloop.compose import judge as configured_judge
 
@@ -204,8 +204,9 @@ def eval_command(
             raise store.InvalidTransition(f"{version_id} is {version.status}; only candidates are gated")
         production_id, _, _ = store.get_aliases(engine, version.alias)
         base_id = store.version_id_for(version.alias, 1)
-        policy = GatePolicy(min_mean_score, max_drop_vs_production, min_pairwise_win_rate,
-                            max_regression_drop_points)
+        policy = GatePolicy(min_mean_score=min_mean_score, max_drop_vs_production=max_drop_vs_production,
+                            min_pairwise_win_rate=min_pairwise_win_rate,
+                            max_regression_drop_points=max_regression_drop_points)
         examples = load_examples(eval_set or _dataset_eval_path(engine, version), limit)
         candidate = Endpoint(_endpoint_url(settings, version_id, url, None), model or version_id)
         production_name = production_model or production_id or base_id
