@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from core.chat_format import EVAL_FILE, VIEW_FILES
 from core.policies import GatePolicy
 from core.settings import Settings
 from deploy.canary import start as start_canary
@@ -23,7 +24,7 @@ from deploy.cycle import CycleContext, SkipCycle, Step
 from deploy.cycle_runs import CycleRunPublic
 from deploy.launcher import Launcher
 from feedback.curate import curate
-from feedback.datasets import VIEW_FILES, get_dataset, latest_dataset
+from feedback.datasets import get_dataset, latest_dataset
 from feedback.policy import CurationPolicy
 from registry import store
 from registry.errors import UnknownVersion
@@ -134,7 +135,7 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
         base = _first_version(engine, policy.alias)
         endpoints = {vid: _endpoint(launcher, vid) for vid in {version_id, production.id, base.id}}
         dataset = get_dataset(engine, ctx.values["dataset_id"])
-        examples = load_examples(Path(dataset.path) / "eval.jsonl", limit=policy.eval_limit)
+        examples = load_examples(Path(dataset.path) / EVAL_FILE, limit=policy.eval_limit)
         run = asyncio.run(gate_version(
             engine, version_id, endpoints[version_id], endpoints[production.id], endpoints[base.id], examples,
             judge, settings.home / "evals", policy.gate, actor=f"cycle:{ctx.run_id}",

@@ -33,20 +33,17 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
+from core.chat_format import EVAL_FILE, MANIFEST_FILE, TRAIN_FILE, VIEW_FILES, check_messages, content_sha256
 from core.clock import as_utc, utcnow
 from core.settings import DEFAULT_BASE_DIR, Settings
 from feedback.datasets import (
-    EVAL_FILE,
-    MANIFEST_FILE,
-    TRAIN_FILE,
-    VIEW_FILES,
     Dataset,
     dataset_id_for,
     latest_dataset,
     list_datasets,
     record_dataset,
 )
-from feedback.examples import BadLine, Example, example_line, iter_seed_file, validate_messages
+from feedback.examples import BadLine, Example, example_line, iter_seed_file
 from feedback.filters import RefusalFilter, TokenCounter, apply_system_prompt, length_reason
 from feedback.lsh import Deduplicator
 from feedback.policy import CurationPolicy
@@ -200,7 +197,7 @@ def curate(
         )
         if n_kept == 0 and not any(sum(view_split[v]) for v in PREFERENCE_VIEWS):
             return result
-        sha256 = _dataset_sha256(alias, file_sha)
+        sha256 = content_sha256(alias, file_sha)
         result.sha256 = sha256
         if dry_run:
             return result
@@ -312,7 +309,7 @@ def _load_earlier_versions(engine: Engine, alias: str, dedup: Deduplicator, poli
             batch = []
             with path.open(encoding="utf-8") as handle:
                 for line in handle:
-                    messages, _ = validate_messages(json.loads(line)["messages"])
+                    messages, _ = check_messages(json.loads(line)["messages"])
                     if messages is not None:
                         batch.append(messages)
                     if len(batch) >= policy.batch_size:
@@ -340,12 +337,6 @@ def _write_splits(work: Path, kept_name: str, names: tuple[str, str], to_eval: l
             handle.flush()
             os.fsync(handle.fileno())
     return {name: digest.hexdigest() for name, digest in hashes.items()}
-
-
-def _dataset_sha256(alias: str, file_sha: dict[str, str]) -> str:
-    """The version's content hash: the alias and every view's files, in a fixed order."""
-    ordered = [file_sha[name] for view in VIEW_FILES for name in VIEW_FILES[view]]
-    return hashlib.sha256(("\n".join([alias, *ordered]) + "\n").encode()).hexdigest()
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any], sources: Path) -> None:

@@ -16,18 +16,10 @@ from typing import Any
 from sqlalchemy import JSON, Column, Engine, String
 from sqlmodel import Field, Session, SQLModel, select
 
+from core.chat_format import EVAL_FILE, MANIFEST_FILE, TRAIN_FILE, VIEW_FILES
 from core.clock import UTCDateTime, utcnow
 
 DATASET_ID_PREFIX = "ds-"
-TRAIN_FILE = "train.jsonl"
-EVAL_FILE = "eval.jsonl"
-MANIFEST_FILE = "manifest.json"
-# Each view's (train, eval) files; `sft` keeps the names it always had.
-VIEW_FILES = {
-    "sft": (TRAIN_FILE, EVAL_FILE),
-    "kto": ("kto_train.jsonl", "kto_eval.jsonl"),
-    "dpo": ("dpo_train.jsonl", "dpo_eval.jsonl"),
-}
 
 
 def dataset_id_for(sha256: str) -> str:

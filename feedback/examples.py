@@ -1,8 +1,8 @@
 """Chat examples, their validation, and the import of chat-format JSONL seed files.
 
-One example is `{"messages": [{"role", "content"}, ...]}` ending in an assistant turn (the format of
-../shared/seed/fine-tuning-article.txt and of the trainer). Interactions and seed lines pass the same
-validator, so the two sources cannot drift apart.
+One example is `{"messages": [{"role", "content"}, ...]}` ending in an assistant turn (core.chat_format, the
+trainer's format too). Interactions and seed lines pass the same validator, so the two sources cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+from core.chat_format import Messages, check_messages, dataset_line
 
-Messages = list[dict[str, str]]
+__all__ = ["BadLine", "Example", "Messages", "example_line", "iter_seed_file", "parse_seed_line"]
 
 
 @dataclass
@@ -35,35 +35,6 @@ class BadLine:
     reason: str
 
 
-def validate_messages(value: Any) -> tuple[Messages | None, str | None]:
-    """(clean messages, None) for a valid conversation, else (None, reason).
-
-    Valid: a non-empty list of {"role", "content"} objects with string content, roles system/user/
-    assistant, a system message only first, at least one user turn, and a non-empty final assistant turn.
-    """
-    if not isinstance(value, list) or not value:
-        return None, "messages must be a non-empty list"
-    clean: Messages = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            return None, f"messages[{index}] is not an object"
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            return None, f"messages[{index}].role must be one of {', '.join(ROLES)} (got {role!r})"
-        if not isinstance(content, str):
-            return None, f"messages[{index}].content must be a string"
-        if role == "system" and index != 0:
-            return None, f"messages[{index}]: a system message may only come first"
-        clean.append({"role": role, "content": content})
-    if not any(m["role"] == "user" for m in clean):
-        return None, "no user message"
-    if clean[-1]["role"] != "assistant":
-        return None, "the last message must be the assistant's answer"
-    if not clean[-1]["content"].strip():
-        return None, "the assistant's answer is empty"
-    return clean, None
-
-
 def parse_seed_line(text: str) -> tuple[Messages | None, str | None]:
     try:
         record = json.loads(text)
@@ -73,7 +44,7 @@ def parse_seed_line(text: str) -> tuple[Messages | None, str | None]:
         return None, "a line must be a JSON object"
     if "messages" not in record:
         return None, 'no "messages" key'
-    return validate_messages(record["messages"])
+    return check_messages(record["messages"])
 
 
 def iter_seed_file(path: Path, digest: Any = None) -> Iterator[Example | BadLine]:
@@ -95,6 +66,4 @@ def iter_seed_file(path: Path, digest: Any = None) -> Iterator[Example | BadLine
 
 def example_line(example: Example) -> str:
     """The canonical JSONL line of an example (the bytes the dataset hash is computed over)."""
-    return json.dumps(
-        {"messages": example.messages, "source": example.source}, ensure_ascii=False, separators=(",", ":")
-    )
+    return dataset_line({"messages": example.messages, "source": example.source})

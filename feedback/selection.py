@@ -28,8 +28,9 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, exists, func, not_, select
 
+from core.chat_format import check_messages
 from core.clock import as_utc
-from feedback.examples import Example, Messages, validate_messages
+from feedback.examples import Example, Messages
 from feedback.models import Feedback, Interaction, InteractionStatus, Rating
 
 CHAT_ENDPOINT = "chat.completions"
@@ -128,7 +129,7 @@ def rate_interaction(row: InteractionRow, votes: Sequence[Vote]) -> Rated | str:
     prompt = prompt_messages(row.request_body)
     if prompt is None:
         return "unsupported_messages"
-    messages, _reason = validate_messages([*prompt, {"role": "assistant", "content": correction or "-"}])
+    messages, _reason = check_messages([*prompt, {"role": "assistant", "content": correction or "-"}])
     if messages is None:
         return "unsupported_messages"
     return Rated(messages[:-1], row.response_text or "", verdict, correction, row.finish_reason == "length", row.id)

@@ -16,10 +16,11 @@ from typing import Any
 
 import openai
 
+from core.chat_format import check_messages
 from core.clock import utcnow
 from registry.judges import Judge, JudgeError, openai_base_url
 from registry.reports import EvalReport, ExampleResult, JudgeUsage, PairResult, PairwiseReport
-from registry.rubric import content_text, render_question
+from registry.rubric import render_question
 
 REGRESSION_SET = Path(__file__).parent / "data" / "regression.jsonl"
 
@@ -36,15 +37,13 @@ class EvalExample:
 
 
 def example_from_record(record: dict[str, Any], fallback_id: str) -> EvalExample:
-    """{"messages": [..., {"role": "assistant", "content": reference}], "id": optional}."""
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"example {fallback_id}: needs a non-empty 'messages' list")
-    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-    if last is None or last == 0:
-        raise ValueError(f"example {fallback_id}: needs a prompt followed by an assistant turn (the reference)")
-    return EvalExample(id=str(record.get("id") or fallback_id), messages=list(messages[:last]),
-                       reference=content_text(messages[last].get("content")))
+    """{"messages": [..., {"role": "assistant", "content": reference}], "id": optional}: a conversation of the
+    chat-dataset format (core.chat_format) whose last turn is the reference answer."""
+    messages, reason = check_messages(record.get("messages"))
+    if messages is None:
+        raise ValueError(f"example {fallback_id}: {reason}")
+    return EvalExample(id=str(record.get("id") or fallback_id), messages=messages[:-1],
+                       reference=messages[-1]["content"])
 
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[EvalExample]:

@@ -44,7 +44,7 @@ def test_bad_cycle_policies_name_their_variable_when_the_settings_load(monkeypat
         load_settings()
     monkeypatch.delenv("TUNELOOP_CYCLE__GATE__MIN_MEAN_SCORE")
     monkeypatch.setenv("TUNELOOP_CYCLE__CANARY__STAGES", "[50, 20]")
-    with pytest.raises(SettingsError, match="TUNELOOP_CYCLE__CANARY__STAGES.*increasing"):
+    with pytest.raises(SettingsError, match=r"TUNELOOP_CYCLE__CANARY__STAGES.*increasing"):
         load_settings()
     monkeypatch.setenv("TUNELOOP_CYCLE__CANARY__STAGES", "[20, 50]")
     monkeypatch.setenv("TUNELOOP_CYCLE__GATE", '{"min_golden_score": null}')  # None turns a check off
@@ -60,7 +60,7 @@ def test_a_bad_cycle_train_field_stops_a_process_at_start(monkeypatch, tmp_path)
 
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path))
     monkeypatch.setenv("TUNELOOP_CYCLE__TRAIN", '{"learning_rat": 0.001}')
-    with pytest.raises(SettingsError, match="TUNELOOP_CYCLE__TRAIN__LEARNING_RAT.*did you mean learning_rate"):
+    with pytest.raises(SettingsError, match=r"TUNELOOP_CYCLE__TRAIN__LEARNING_RAT.*did you mean learning_rate"):
         job_context(load_settings())
     refused = CliRunner().invoke(app, ["cycle", "run-now"])
     assert refused.exit_code != 0 and isinstance(refused.exception, SettingsError)

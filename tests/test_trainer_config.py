@@ -179,7 +179,7 @@ def test_dataset_version_reads_by_id_or_path_and_ignores_extra_keys(tmp_path: Pa
         ("not json", "train.jsonl:7: not JSON"),
         ('{"text": "hi"}', "train.jsonl:7: expected an object"),
         ('{"messages": [{"role": "robot", "content": "x"}]}', "train.jsonl:7: messages\\[0\\]"),
-        ('{"messages": [{"role": "user", "content": "x"}]}', "train.jsonl:7: no assistant turn"),
+        ('{"messages": [{"role": "user", "content": "x"}]}', "train.jsonl:7: the last message must be the assistant.s answer"),
     ],
 )
 def test_bad_dataset_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:

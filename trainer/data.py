@@ -1,8 +1,8 @@
 """Reading a dataset version: `<home>/datasets/<id>/` with one view's train/eval files + `manifest.json`.
 
-sft lines hold `{"messages": [{"role": ..., "content": ...}, ...]}`; kto lines `{"prompt": [...], "completion":
-str, "label": bool}`; dpo lines `{"prompt": [...], "chosen": str, "rejected": str}` (other keys are ignored).
-Bad lines fail with the file and line number, before any model loads.
+The format is core.chat_format's: sft lines hold `{"messages": [...]}` ending in the answer; kto lines
+`{"prompt": [...], "completion": str, "label": bool}`; dpo lines `{"prompt": [...], "chosen": str, "rejected":
+str}` (other keys are ignored). Bad lines fail with the file and line number, before any model loads.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
-VIEW_FILES = {  # the names feedback/curate.py writes
-    "sft": ("train.jsonl", "eval.jsonl"),
-    "kto": ("kto_train.jsonl", "kto_eval.jsonl"),
-    "dpo": ("dpo_train.jsonl", "dpo_eval.jsonl"),
-}
+from core.chat_format import MANIFEST_FILE, VIEW_FILES, check_messages, content_sha256, dataset_line
 
 
 class DatasetError(ValueError):
@@ -62,19 +57,12 @@ def resolve_dataset_dir(id_or_path: str | Path, home: Path) -> Path:
     raise DatasetError(f"no dataset version {id_or_path!r}: neither {direct} nor {under_home} holds a manifest.json")
 
 
-def _parse_messages(raw: Any, where: str) -> list[dict[str, str]]:
+def _parse_messages(raw: Any, where: str, *, answered: bool = True) -> list[dict[str, str]]:
     if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list) or not raw["messages"]:
         raise DatasetError(f"{where}: expected an object with a non-empty 'messages' list")
-    messages = []
-    for index, message in enumerate(raw["messages"]):
-        if not isinstance(message, dict):
-            raise DatasetError(f"{where}: messages[{index}] is not an object")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES or not isinstance(content, str):
-            raise DatasetError(f"{where}: messages[{index}] needs role in {ROLES} and string content")
-        messages.append({"role": role, "content": content})  # drop extra keys the chat template never sees
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DatasetError(f"{where}: no assistant turn to learn from")
+    messages, reason = check_messages(raw["messages"], answered=answered)
+    if messages is None:
+        raise DatasetError(f"{where}: {reason}")
     return messages
 
 
@@ -84,7 +72,7 @@ def _parse_preference(raw: Any, where: str, view: str) -> dict[str, Any]:
     prompt = raw.get("prompt")
     if not isinstance(prompt, list) or not prompt:
         raise DatasetError(f"{where}: 'prompt' must be a non-empty list of messages")
-    messages = _parse_messages({"messages": [*prompt, {"role": "assistant", "content": "-"}]}, where)[:-1]
+    messages = _parse_messages({"messages": prompt}, where, answered=False)
     texts = ("completion",) if view == "kto" else ("chosen", "rejected")
     for name in texts:
         if not isinstance(raw.get(name), str) or not raw[name].strip():
@@ -127,13 +115,13 @@ def _file_digest(path: Path) -> str:
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     root = Path(directory).resolve()
     try:
-        manifest = json.loads((root / "manifest.json").read_text())
+        manifest = json.loads((root / MANIFEST_FILE).read_text())
     except FileNotFoundError:
-        raise DatasetError(f"{root / 'manifest.json'}: missing") from None
+        raise DatasetError(f"{root / MANIFEST_FILE}: missing") from None
     except json.JSONDecodeError as err:
-        raise DatasetError(f"{root / 'manifest.json'}: not JSON ({err.msg})") from None
+        raise DatasetError(f"{root / MANIFEST_FILE}: not JSON ({err.msg})") from None
     if not isinstance(manifest, dict) or not manifest.get("id") or not manifest.get("sha256"):
-        raise DatasetError(f"{root / 'manifest.json'}: needs 'id' and 'sha256'")
+        raise DatasetError(f"{root / MANIFEST_FILE}: needs 'id' and 'sha256'")
     return manifest
 
 
@@ -158,25 +146,25 @@ def load_dataset_version(directory: str | Path, view: str = "sft") -> DatasetVer
 
 def write_dataset_version(
     directory: str | Path, dataset_id: str, train: list[dict], evaluation: list[dict],
-    views: dict[str, tuple[list[dict], list[dict]]] | None = None,
+    views: dict[str, tuple[list[dict], list[dict]]] | None = None, alias: str = "",
 ) -> Path:
-    """Write a dataset version in the shared layout (for tests, demos and benchmarks); `views` adds kto/dpo
-    rows as (train, eval), with the view counts a curated manifest has."""
+    """Write a dataset version in the shared layout and hashing (for tests, demos and benchmarks); `views` adds
+    kto/dpo rows as (train, eval), with the view counts a curated manifest has."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
     splits = {"sft": (train, evaluation), **(views or {})}
     counts: dict[str, Any] = {"views": {}}
+    file_sha: dict[str, str] = {}
     for view, (view_train, view_eval) in splits.items():
         for name, rows in zip(VIEW_FILES[view], (view_train, view_eval), strict=True):
-            text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-            (root / name).write_text(text, encoding="utf-8")
-            digest.update(text.encode())
+            data = "".join(dataset_line(row) + "\n" for row in rows).encode()
+            (root / name).write_bytes(data)
+            file_sha[name] = hashlib.sha256(data).hexdigest()
         counts["views"][view] = {"split": {"train": len(view_train), "eval": len(view_eval)}}
         if view == "kto":
             desirable = sum(1 for row in view_train if row["label"])
             counts["views"]["kto"]["labels"] = {"desirable": desirable, "undesirable": len(view_train) - desirable}
             counts["views"]["kto"]["selected"] = {"thumbs_up": desirable, "thumbs_down": len(view_train) - desirable}
-    manifest = {"id": dataset_id, "sha256": digest.hexdigest(), "counts": counts}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest = {"id": dataset_id, "sha256": content_sha256(alias, file_sha), "counts": counts}
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return root

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from core.chat_format import EVAL_FILE
 from core.clock import utcnow
 from trainer.rundir import read_run
 
@@ -101,7 +102,7 @@ def probe_conversations(metadata: dict[str, Any], limit: int = 8) -> list[list[d
     dataset_path = metadata.get("dataset", {}).get("path")
     if dataset_path:
         try:
-            probes = read_split(Path(dataset_path) / "eval.jsonl")[:limit]
+            probes = read_split(Path(dataset_path) / EVAL_FILE)[:limit]
         except DatasetError:
             probes = []
     return probes + [list(p) for p in FIXED_PROBES]

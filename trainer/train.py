@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.chat_format import VIEW_FILES
 from core.clock import utcnow
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import VIEW_FILES, DatasetVersion, load_dataset_version, read_manifest, read_split
+from trainer.data import DatasetVersion, load_dataset_version, read_manifest, read_split
 from trainer.defaults import Resolved, detect_environment, preference_learning_rate, resolve, shape_from_config
 from trainer.methods import MethodPlan, ViewSizes, plan_method
 from trainer.rundir import PartialRun, open_partial, publish, run_key

@@ -71,7 +71,7 @@ def start_all(procs: Processes, tmp: Path, core_proxy: int, core_load: int, lite
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env.update(TUNELOOP_HOME=str(tmp), TUNELOOP_ADMIN_KEY="tl-admin-" + secrets.token_hex(8),
                TUNELOOP_UPSTREAMS=json.dumps({MODEL: [upstream + "/gw"]}), PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "uvicorn", "tuneloop.asgi:gateway_app", "--factory", "--host", "127.0.0.1",
             "--port", str(gw_port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
             "--no-access-log"]
     pids["tuneloop"] = procs.start("tuneloop", argv, core_proxy, env, ROOT).pid

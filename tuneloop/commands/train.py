@@ -40,10 +40,10 @@ def train_command(
     try:
         settings = load_settings()
         train_config = load_train_config(config, overrides or [])
+        dataset_dir = resolve_dataset_dir(dataset, settings.home)
         train_config = dataclasses.replace(  # the settings fill what the file and --set leave empty
             train_config, base_model=train_config.base_model or settings.resolved_base_model,
             output_dir=train_config.output_dir or str(settings.home / "runs"))
-        dataset_dir = resolve_dataset_dir(dataset, settings.home)
         decided = plan(train_config, dataset_dir)
         version, resolved = decided.dataset, decided.resolved
     except (ConfigError, DatasetError) as err:
