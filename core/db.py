@@ -6,12 +6,20 @@ cut. PostgreSQL is reached through psycopg 3 for several gateway processes on on
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+# What store and query functions take: a Session works inside the caller's transaction (the caller commits);
+# an Engine gets a transaction of its own. A unit of work that spans several calls (a canary promotion: the
+# registry pointers and the old server's drain) passes one Session to all of them.
+Db = Engine | Session
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -62,3 +70,35 @@ def migrate(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def unit_of_work(engine: Engine) -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back if it raises. On SQLite the write lock is
+    taken up front (BEGIN IMMEDIATE): a deferred transaction would read, then fail to upgrade its lock."""
+    with Session(engine, expire_on_commit=False) as session:
+        if engine.dialect.name == "sqlite":
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        yield session
+        session.commit()
+
+
+@contextmanager
+def writing(db: Db) -> Iterator[Session]:
+    """The caller's session (its transaction, its commit), or a unit of work of its own on an engine."""
+    if isinstance(db, Session):
+        yield db
+        db.flush()
+    else:
+        with unit_of_work(db) as session:
+            yield session
+
+
+@contextmanager
+def reading(db: Db) -> Iterator[Session]:
+    """The caller's session, or a short read-only one on an engine."""
+    if isinstance(db, Session):
+        yield db
+    else:
+        with Session(db) as session:
+            yield session

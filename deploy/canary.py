@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from core.clock import utcnow
+from core.db import unit_of_work
 from core.deployments_table import DeploymentStatus
 from core.policies import CanaryPolicy
 from deploy.analysis import Action, Analysis, ArmFigures, analyse
@@ -173,26 +174,27 @@ def promote_canary(engine: Engine, alias: str, *, launcher: Launcher | None = No
 
     `version_id`: the canary the caller analysed; the registry refuses if another one runs by now.
     """
-    production_id, canary_id = _pointers(engine, alias)
-    canary_id = version_id or canary_id
-    if canary_id is None:
-        raise InvalidTransition(f"alias {alias!r} has no canary to promote")
-    promoted = store.promote(engine, canary_id, actor, reason)
-    if launcher is not None and production_id is not None:
-        launcher.drain(production_id, f"replaced by {canary_id}")
+    with unit_of_work(engine) as session:  # the pointers and the old server's drain: both or neither
+        state = store.lock_alias(session, alias)
+        canary_id = version_id or state.canary_id
+        if canary_id is None:
+            raise InvalidTransition(f"alias {alias!r} has no canary to promote")
+        promoted = store.promote(session, canary_id, actor, reason)
+        if launcher is not None and state.production_id is not None:
+            launcher.drain(state.production_id, f"replaced by {canary_id}", db=session)
     return promoted
 
 
 def rollback_canary(engine: Engine, alias: str, *, launcher: Launcher | None = None, actor: str = CONTROLLER,
                     reason: str = "rolled back", version_id: str | None = None) -> ModelVersionPublic:
     """Weight 0 and the canary marked rejected with the reasons (registry audit log); its server drains."""
-    _production_id, canary_id = _pointers(engine, alias)
-    canary_id = version_id or canary_id
-    if canary_id is None:
-        raise InvalidTransition(f"alias {alias!r} has no canary to roll back")
-    rejected = store.rollback(engine, canary_id, actor, reason)
-    if launcher is not None:
-        launcher.drain(canary_id, f"rolled back: {reason}"[:2000])
+    with unit_of_work(engine) as session:  # the pointers and the canary server's drain: both or neither
+        canary_id = version_id or store.lock_alias(session, alias).canary_id
+        if canary_id is None:
+            raise InvalidTransition(f"alias {alias!r} has no canary to roll back")
+        rejected = store.rollback(session, canary_id, actor, reason)
+        if launcher is not None:
+            launcher.drain(canary_id, f"rolled back: {reason}"[:2000], db=session)
     return rejected
 
 
@@ -206,13 +208,6 @@ def wait_drained(launcher: Launcher, timeout_s: float, poll_s: float = 1.0) -> l
         if not draining or time.monotonic() >= deadline:
             return stopped
         time.sleep(poll_s)
-
-
-def _pointers(engine: Engine, alias: str) -> tuple[str | None, str | None]:
-    state = store.get_alias_state(engine, alias)
-    if state is None:
-        raise UnknownAlias(f"no model alias {alias!r}")
-    return state.production_id, state.canary_id
 
 
 def _reap(launcher: Launcher | None) -> tuple[str, ...]:

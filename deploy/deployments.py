@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from core.clock import utcnow
+from core.db import Db, reading, writing
 from core.deployments_table import ACTIVE_STATUSES, Deployment, DeploymentCreate, DeploymentPublic, DeploymentStatus
 
 
@@ -19,16 +19,15 @@ class DeploymentError(RuntimeError):
     """A deployment could not be started, found or stopped; the message says why."""
 
 
-def record_deployment(engine: Engine, spec: DeploymentCreate) -> DeploymentPublic:
+def record_deployment(db: Db, spec: DeploymentCreate) -> DeploymentPublic:
     row = Deployment.model_validate(DeploymentCreate.model_validate(spec.model_dump()).model_dump())
-    with Session(engine, expire_on_commit=False) as session:
+    with writing(db) as session:
         session.add(row)
-        session.commit()
-        return DeploymentPublic.model_validate(row)
+    return DeploymentPublic.model_validate(row)
 
 
-def get_deployment(engine: Engine, deployment_id: int) -> DeploymentPublic:
-    with Session(engine) as session:
+def get_deployment(db: Db, deployment_id: int) -> DeploymentPublic:
+    with reading(db) as session:
         row = session.get(Deployment, deployment_id)
         if row is None:
             raise DeploymentError(f"no deployment {deployment_id}")
@@ -36,7 +35,7 @@ def get_deployment(engine: Engine, deployment_id: int) -> DeploymentPublic:
 
 
 def list_deployments(
-    engine: Engine, *, alias: str | None = None, version_id: str | None = None,
+    db: Db, *, alias: str | None = None, version_id: str | None = None,
     statuses: Iterable[DeploymentStatus] | None = None,
 ) -> list[DeploymentPublic]:
     query = select(Deployment).order_by(col(Deployment.id))
@@ -46,23 +45,23 @@ def list_deployments(
         query = query.where(Deployment.version_id == version_id)
     if statuses is not None:
         query = query.where(col(Deployment.status).in_([str(s) for s in statuses]))
-    with Session(engine) as session:
+    with reading(db) as session:
         return [DeploymentPublic.model_validate(row) for row in session.exec(query)]
 
 
-def active_deployment(engine: Engine, version_id: str) -> DeploymentPublic | None:
+def active_deployment(db: Db, version_id: str) -> DeploymentPublic | None:
     """The newest running or draining deployment of a version (there is at most one in normal operation)."""
-    found = list_deployments(engine, version_id=version_id, statuses=ACTIVE_STATUSES)
+    found = list_deployments(db, version_id=version_id, statuses=ACTIVE_STATUSES)
     return found[-1] if found else None
 
 
-def active_deployments(engine: Engine) -> list[DeploymentPublic]:
-    return list_deployments(engine, statuses=ACTIVE_STATUSES)
+def active_deployments(db: Db) -> list[DeploymentPublic]:
+    return list_deployments(db, statuses=ACTIVE_STATUSES)
 
 
-def hosted_adapters(engine: Engine, host_deployment_id: int) -> list[DeploymentPublic]:
+def hosted_adapters(db: Db, host_deployment_id: int) -> list[DeploymentPublic]:
     """Active adapter deployments that live inside the given base server."""
-    with Session(engine) as session:
+    with reading(db) as session:
         rows = session.exec(
             select(Deployment).where(Deployment.host_deployment_id == host_deployment_id,
                                      col(Deployment.status).in_([str(s) for s in ACTIVE_STATUSES]))
@@ -70,8 +69,8 @@ def hosted_adapters(engine: Engine, host_deployment_id: int) -> list[DeploymentP
         return [DeploymentPublic.model_validate(row) for row in rows]
 
 
-def set_status(engine: Engine, deployment_id: int, status: DeploymentStatus, reason: str = "") -> DeploymentPublic:
-    with Session(engine, expire_on_commit=False) as session:
+def set_status(db: Db, deployment_id: int, status: DeploymentStatus, reason: str = "") -> DeploymentPublic:
+    with writing(db) as session:
         row = session.get(Deployment, deployment_id)
         if row is None:
             raise DeploymentError(f"no deployment {deployment_id}")
@@ -84,5 +83,4 @@ def set_status(engine: Engine, deployment_id: int, status: DeploymentStatus, rea
         elif status in (DeploymentStatus.stopped, DeploymentStatus.failed):
             row.stopped_at = now
         session.add(row)
-        session.commit()
-        return DeploymentPublic.model_validate(row)
+    return DeploymentPublic.model_validate(row)

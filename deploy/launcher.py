@@ -23,6 +23,7 @@ import httpx
 from sqlalchemy import Engine
 
 from core.clock import utcnow
+from core.db import Db
 from core.deployments_table import DeploymentCreate, DeploymentMode, DeploymentPublic, DeploymentStatus
 from core.settings import Settings
 from deploy.deployments import (
@@ -250,17 +251,19 @@ class Launcher:
 
     # --- draining and stopping ------------------------------------------------------------------------
 
-    def drain(self, version_id: str, reason: str) -> DeploymentPublic | None:
-        """Take the version's deployment out of service gently; `reap` stops it when its requests are done."""
-        deployment = active_deployment(self.engine, version_id)
+    def drain(self, version_id: str, reason: str, db: Db | None = None) -> DeploymentPublic | None:
+        """Take the version's deployment out of service gently; `reap` stops it when its requests are done.
+        Only the books change here, in `db`'s transaction when given (a promotion's or a rollback's)."""
+        db = db if db is not None else self.engine
+        deployment = active_deployment(db, version_id)
         if deployment is None or deployment.status == DeploymentStatus.draining:
             return deployment
-        serving = [a.served_name for a in hosted_adapters(self.engine, deployment.id)
+        serving = [a.served_name for a in hosted_adapters(db, deployment.id)
                    if a.status == DeploymentStatus.running]
         if serving:  # e.g. the base server after its adapter version was promoted: it is that version's home
             log.info("%s keeps running: it hosts %s", deployment.served_name, ", ".join(serving))
             return deployment
-        return set_status(self.engine, deployment.id, DeploymentStatus.draining, reason)
+        return set_status(db, deployment.id, DeploymentStatus.draining, reason)
 
     def reap(self, now: datetime | None = None) -> list[DeploymentPublic]:
         """Stop the draining deployments that are done; returns those stopped.

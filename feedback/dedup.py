@@ -1,15 +1,16 @@
 """Deduplication: exact (hash of the normalised text), then near-duplicate (MinHash, LSH, verified).
 
-Why not the article's loop: it calls `MinHash.update` once per 5-character shingle (a Python call and
-four small numpy operations each, ~2.5 us) and MinHashLSH `query`/`insert` per record (a byteswap and a
-bytes copy per band). Here a whole batch is hashed at once: shingle hashes come from a rolling
-polynomial over the code points (numpy), and each of the num_perm permutations is one vectorised pass
-plus a `minimum.reduceat` over the batch. The permutations are datasketch's own ("affine32" scheme, same
-seed), so a signature equals `datasketch.MinHash(hashfunc=shingle_hash).update_batch(shingles)` exactly
-(a test checks this). The LSH index keeps band keys in sorted numpy runs (~100 bytes per example against
-~2 KB in MinHashLSH's dicts), looks a batch up with `searchsorted`, and a candidate only counts as a
-duplicate when its estimated Jaccard reaches the threshold: LSH alone also flags distinct templated
-records (true Jaccard 0.69-0.86 at the article's 0.85, see ../shared/notes/training-cpu.md).
+Why not the reference recipe's loop (described in benchmarks/dedup/README.md): it calls `MinHash.update`
+once per 5-character shingle (a Python call and four small numpy operations each, ~2.5 us) and MinHashLSH
+`query`/`insert` per record (a byteswap and a bytes copy per band). Here a whole batch is hashed at once:
+shingle hashes come from a rolling polynomial over the code points (numpy), and each of the num_perm
+permutations is one vectorised pass plus a `minimum.reduceat` over the batch. The permutations are
+datasketch's own ("affine32" scheme, same seed), so a signature equals
+`datasketch.MinHash(hashfunc=shingle_hash).update_batch(shingles)` exactly (a test checks this). The LSH
+index keeps band keys in sorted numpy runs (~100 bytes per example against ~2 KB in MinHashLSH's dicts),
+looks a batch up with `searchsorted`, and a candidate only counts as a duplicate when its estimated Jaccard
+reaches the threshold: LSH alone also flags distinct templated records (true Jaccard 0.69-0.86 at the
+reference recipe's 0.85, see benchmarks/dedup/README.md).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ MAX_BUCKET = 64  # members of one LSH bucket checked per query; only degenerate 
 
 
 def normalise_text(text: str) -> str:
-    """NFKC, lower case, whitespace runs collapsed to one space. (The article's `re.sub(r"s+", ...)` meant
-    `\\s+`; as written it collapses runs of the letter s. `split()` does `\\s+` six times faster.)"""
+    """NFKC, lower case, whitespace runs collapsed to one space. (The reference recipe's `re.sub(r"s+", ...)`
+    meant `\\s+`; as written it collapses runs of the letter s. `split()` does `\\s+` six times faster.)"""
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
@@ -47,8 +48,8 @@ def exact_key(text: str) -> int:
 
 
 def shingles(text: str, size: int) -> list[str]:
-    """Overlapping `size`-character shingles; a shorter text is padded to one shingle (the article gave
-    it none, so every short text looked identical to every other)."""
+    """Overlapping `size`-character shingles; a shorter text is padded to one shingle (the reference
+    recipe gave it none, so every short text looked identical to every other)."""
     text = text.ljust(size)
     return [text[i : i + size] for i in range(len(text) - size + 1)]
 

@@ -1,13 +1,14 @@
 """The promotion gate: a pure function of the eval reports and a policy.
 
 A candidate may go to canary only when every check holds:
-- its mean judge score on the dataset's eval split is at least `min_mean_score` (the article's 4.0);
+- its mean judge score on the dataset's eval split is at least `min_mean_score` (the reference recipe's 4.0,
+  see registry/README.md);
 - when a golden set (trusted examples) was given, its mean on that set alone is at least `min_golden_score`:
   the eval split comes from users' corrections, and a poisoned split would also poison the mean above;
 - that mean is not below production's by more than `max_drop_vs_production`;
 - head-to-head against production (both orders judged), its win rate is at least `min_pairwise_win_rate`;
 - on the general regression set it lost at most `max_regression_drop_points` versus the base model
-  (the article's forgetting rule: "more than 5 points");
+  (the reference recipe's forgetting rule: "more than 5 points");
 - few enough examples failed (endpoint errors or unscorable judge answers) for the figures to mean something.
 A check whose input was not evaluated fails, unless the policy turns that check off with None.
 """

@@ -231,7 +231,7 @@ class AnthropicJudge(_LLMJudge):
         self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
 
     async def _complete(self, prompt: str, schema: dict[str, Any]) -> tuple[str, int, int]:
-        # As in the article: model, max_tokens, one user turn (this SDK takes no sampling parameters).
+        # As in the reference recipe: model, max_tokens, one user turn (this SDK takes no sampling parameters).
         message = await self.client.messages.create(
             model=self.model, max_tokens=self.max_tokens, messages=[{"role": "user", "content": prompt}],
         )

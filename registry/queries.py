@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import select
 
+from core.db import Db, reading
 from registry.errors import UnknownVersion
 from registry.files import verify_manifest
 from registry.models import AuditEntry, AuditEntryPublic, ModelAlias, ModelVersion, ModelVersionPublic, VersionStatus
@@ -27,64 +27,64 @@ class AliasState:
     updated_at: datetime | None
 
 
-def get_version(engine: Engine, version_id: str) -> ModelVersionPublic:
-    with Session(engine) as session:
+def get_version(db: Db, version_id: str) -> ModelVersionPublic:
+    with reading(db) as session:
         row = session.get(ModelVersion, version_id)
         if row is None:
             raise UnknownVersion(f"no model version {version_id!r}")
         return ModelVersionPublic.model_validate(row)
 
 
-def list_versions(engine: Engine, alias: str | None = None) -> list[ModelVersionPublic]:
+def list_versions(db: Db, alias: str | None = None) -> list[ModelVersionPublic]:
     query = select(ModelVersion).order_by(ModelVersion.alias, ModelVersion.number)
     if alias is not None:
         query = query.where(ModelVersion.alias == alias)
-    with Session(engine) as session:
+    with reading(db) as session:
         return [ModelVersionPublic.model_validate(row) for row in session.exec(query)]
 
 
-def get_aliases(engine: Engine, alias: str) -> tuple[str | None, str | None, int]:
+def get_aliases(db: Db, alias: str) -> tuple[str | None, str | None, int]:
     """(production version id, canary version id, canary weight 0-100): one primary-key read.
 
     An alias that was never registered gives (None, None, 0).
     """
-    state = get_alias_state(engine, alias)
+    state = get_alias_state(db, alias)
     if state is None:
         return None, None, 0
     return state.production_id, state.canary_id, state.canary_weight
 
 
-def get_alias_state(engine: Engine, alias: str) -> AliasState | None:
-    with Session(engine) as session:
+def get_alias_state(db: Db, alias: str) -> AliasState | None:
+    with reading(db) as session:
         row = session.get(ModelAlias, alias)
         return alias_state(row) if row is not None else None
 
 
-def list_aliases(engine: Engine) -> list[AliasState]:
+def list_aliases(db: Db) -> list[AliasState]:
     """Every alias's pointers in one query (a router can load its whole table at once)."""
-    with Session(engine) as session:
+    with reading(db) as session:
         return [alias_state(row) for row in session.exec(select(ModelAlias).order_by(ModelAlias.alias))]
 
 
-def audit_log(engine: Engine, alias: str | None = None, limit: int | None = None) -> list[AuditEntryPublic]:
+def audit_log(db: Db, alias: str | None = None, limit: int | None = None) -> list[AuditEntryPublic]:
     """Audit entries, oldest first (the last `limit` ones when given)."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc())  # type: ignore[union-attr]
     if alias is not None:
         query = query.where(AuditEntry.alias == alias)
     if limit is not None:
         query = query.limit(limit)
-    with Session(engine) as session:
+    with reading(db) as session:
         rows = [AuditEntryPublic.model_validate(row) for row in session.exec(query)]
     return rows[::-1]
 
 
-def verify_files(engine: Engine, version_id: str) -> list[str]:
+def verify_files(db: Db, version_id: str) -> list[str]:
     """Differences between a version's files on disk and its registered manifest (empty: intact)."""
-    version = get_version(engine, version_id)
+    version = get_version(db, version_id)
     return verify_manifest(version_paths(version), version.files_manifest)
 
 
-def consistency_problems(engine: Engine, alias: str | None = None) -> list[str]:
+def consistency_problems(db: Db, alias: str | None = None) -> list[str]:
     """Invariants linking pointers, statuses and the audit log; empty when the registry is consistent.
 
     Exactly one production version per alias and it is the pointer's; the canary status matches the canary
@@ -92,11 +92,11 @@ def consistency_problems(engine: Engine, alias: str | None = None) -> list[str]:
     starts from the state the previous one left) ending at the current pointers.
     """
     problems: list[str] = []
-    states = list_aliases(engine) if alias is None else [s for s in [get_alias_state(engine, alias)] if s]
+    states = list_aliases(db) if alias is None else [s for s in [get_alias_state(db, alias)] if s]
     for state in states:
         name = state.alias
         by_status: dict[str, list[str]] = {}
-        for version in list_versions(engine, name):
+        for version in list_versions(db, name):
             by_status.setdefault(version.status, []).append(version.id)
         production = by_status.get(VersionStatus.production, [])
         canary = by_status.get(VersionStatus.canary, [])
@@ -107,7 +107,7 @@ def consistency_problems(engine: Engine, alias: str | None = None) -> list[str]:
         if not 0 <= state.canary_weight <= 100 or (state.canary_id is None and state.canary_weight != 0):
             problems.append(f"{name}: canary weight {state.canary_weight} with canary {state.canary_id}")
         previous: dict[str, Any] = {}
-        for entry in audit_log(engine, name):
+        for entry in audit_log(db, name):
             if entry.before != previous:
                 problems.append(f"{name}: audit entry {entry.id} ({entry.action}) does not follow the one before")
             previous = entry.after

@@ -1,4 +1,4 @@
-"""The judge prompts (the article's 1-5 rubric, and its pairwise sibling) and robust parsing of verdicts.
+"""The judge prompts (the reference recipe's 1-5 rubric, and its pairwise sibling) and robust parsing of verdicts.
 
 Judges answer "JSON only" most of the time; the parsers also accept fenced JSON and JSON inside chatty text.
 Anything else raises VerdictParseError, which the LLM judges treat as worth another attempt.
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-# The article's judge prompt, word for word.
+# The reference recipe's judge prompt (registry/README.md), word for word.
 SCORE_PROMPT = """You are evaluating an AI assistant's response to a technical question.
 Question: {question}
 Reference answer: {reference}

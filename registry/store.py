@@ -1,9 +1,11 @@
 """The model registry: versions with lineage, and the transitions that move an alias's traffic pointers.
 
-Every transition is one database transaction that first locks the alias row (SELECT ... FOR UPDATE on
+Every transition runs in one database transaction that first locks the alias row (SELECT ... FOR UPDATE on
 PostgreSQL, BEGIN IMMEDIATE on SQLite), checks the preconditions, changes the version statuses and the
 pointers together, bumps the alias generation and writes the audit row. A process killed anywhere in it
 leaves the previous committed state, and two operators cannot interleave transitions on one alias.
+Given an Engine, a transition is its own transaction; given a Session (core.db.unit_of_work), it joins the
+caller's, so a larger unit of work (a promotion with its server's drain) commits or fails as one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from core.clock import utcnow
+from core.db import Db, writing
 from registry.errors import (
     GateNotPassed,
     InvalidTransition,
@@ -42,6 +45,7 @@ from registry.models import (
 )
 from registry.queries import (
     AliasState,
+    alias_state,
     audit_log,
     consistency_problems,
     get_alias_state,
@@ -56,8 +60,8 @@ from registry.queries import (
 __all__ = [
     "AliasState", "GateNotPassed", "InvalidTransition", "InvalidWeight", "NoProductionVersion", "RegistryError",
     "UnknownAlias", "UnknownVersion", "archive", "audit_log", "consistency_problems", "get_alias_state",
-    "get_aliases", "get_version", "list_aliases", "list_versions", "promote", "record_gate", "register_base",
-    "register_candidate", "reject", "rollback", "set_canary_weight", "start_canary", "verify_files",
+    "get_aliases", "get_version", "list_aliases", "list_versions", "lock_alias", "promote", "record_gate",
+    "register_base", "register_candidate", "reject", "rollback", "set_canary_weight", "start_canary", "verify_files",
 ]
 
 _VERSION_ID = re.compile(r"^(?P<alias>.+)-v(?P<number>\d+)$")
@@ -148,7 +152,7 @@ def register_candidate(engine: Engine, spec: ModelVersionCreate, actor: str = "t
 # --- transitions ---------------------------------------------------------------------------------------
 
 
-def record_gate(engine: Engine, version_id: str, decision: GateDecision | Mapping[str, Any],
+def record_gate(db: Db, version_id: str, decision: GateDecision | Mapping[str, Any],
                 reports: dict[str, Any] | None = None, actor: str = "gate") -> ModelVersionPublic:
     """Store a gate decision (and eval report summaries) on a candidate: passed stays `candidate`, failed
     becomes `rejected`. A rejected version may be gated again (e.g. after a judge outage)."""
@@ -156,7 +160,7 @@ def record_gate(engine: Engine, version_id: str, decision: GateDecision | Mappin
     if not isinstance(data.get("passed"), bool):
         raise RegistryError("decision: needs a boolean 'passed' (a registry.gate.GateDecision)")
     passed = bool(data["passed"])
-    with _locked_version(engine, version_id) as (session, alias_row, version):
+    with _locked_version(db, version_id) as (session, alias_row, version):
         _require_status(version, {VersionStatus.candidate, VersionStatus.rejected}, "be gated")
         before, from_status = snapshot(alias_row), version.status
         now = utcnow()
@@ -167,13 +171,13 @@ def record_gate(engine: Engine, version_id: str, decision: GateDecision | Mappin
         reasons = "; ".join(data.get("reasons", []))
         _write_audit(session, alias_row, before, "gate", actor, f"{'passed' if passed else 'failed'}: {reasons}",
                      version.id, from_status, version.status, bump=False)
-    return get_version(engine, version_id)
+        return ModelVersionPublic.model_validate(version)
 
 
-def start_canary(engine: Engine, version_id: str, weight: int, actor: str, reason: str) -> ModelVersionPublic:
+def start_canary(db: Db, version_id: str, weight: int, actor: str, reason: str) -> ModelVersionPublic:
     """Send `weight` percent of the alias's traffic to a candidate that passed the gate."""
     _check_weight(weight)
-    with _locked_version(engine, version_id) as (session, alias_row, version):
+    with _locked_version(db, version_id) as (session, alias_row, version):
         _require_status(version, {VersionStatus.candidate}, "start a canary")
         if not version.gate_passed:
             raise GateNotPassed(f"{version_id} has not passed the gate; run `tuneloop eval {version_id}` first")
@@ -188,14 +192,14 @@ def start_canary(engine: Engine, version_id: str, weight: int, actor: str, reaso
         alias_row.canary_id, alias_row.canary_weight = version.id, weight
         _write_audit(session, alias_row, before, "start_canary", actor, reason, version.id,
                      VersionStatus.candidate, VersionStatus.canary)
-    return get_version(engine, version_id)
+        return ModelVersionPublic.model_validate(version)
 
 
-def set_canary_weight(engine: Engine, alias_or_version: str, weight: int, actor: str,
+def set_canary_weight(db: Db, alias_or_version: str, weight: int, actor: str,
                       reason: str) -> ModelVersionPublic:
     _check_weight(weight)
-    alias, named_version = _resolve(engine, alias_or_version)
-    with _locked_alias(engine, alias) as (session, alias_row):
+    alias, named_version = _resolve(db, alias_or_version)
+    with _locked_alias(db, alias) as (session, alias_row):
         assert alias_row is not None
         if alias_row.canary_id is None or (named_version and named_version != alias_row.canary_id):
             raise InvalidTransition(f"{alias_or_version} is not a running canary")
@@ -203,13 +207,12 @@ def set_canary_weight(engine: Engine, alias_or_version: str, weight: int, actor:
         alias_row.canary_weight = weight
         _write_audit(session, alias_row, before, "set_canary_weight", actor, reason, alias_row.canary_id,
                      VersionStatus.canary, VersionStatus.canary)
-        canary_id = alias_row.canary_id
-    return get_version(engine, canary_id)
+        return get_version(session, alias_row.canary_id)
 
 
-def promote(engine: Engine, version_id: str, actor: str, reason: str) -> ModelVersionPublic:
+def promote(db: Db, version_id: str, actor: str, reason: str) -> ModelVersionPublic:
     """Canary -> production; the previous production version is archived (it stays a rollback target)."""
-    with _locked_version(engine, version_id) as (session, alias_row, version):
+    with _locked_version(db, version_id) as (session, alias_row, version):
         if alias_row.canary_id != version.id:
             raise InvalidTransition(
                 f"{version_id} is {version.status}, not the running canary of {version.alias!r}; "
@@ -224,14 +227,14 @@ def promote(engine: Engine, version_id: str, actor: str, reason: str) -> ModelVe
         alias_row.production_id, alias_row.canary_id, alias_row.canary_weight = version.id, None, 0
         _write_audit(session, alias_row, before, "promote", actor, reason, version.id,
                      VersionStatus.canary, VersionStatus.production)
-    return get_version(engine, version_id)
+        return ModelVersionPublic.model_validate(version)
 
 
-def rollback(engine: Engine, alias_or_version: str, actor: str, reason: str) -> ModelVersionPublic:
+def rollback(db: Db, alias_or_version: str, actor: str, reason: str) -> ModelVersionPublic:
     """Stop the alias's canary (-> rejected, weight 0) or, with no canary running, put the previous
     production version back. Returns the version rolled back (now `rejected`)."""
-    alias, named_version = _resolve(engine, alias_or_version)
-    with _locked_alias(engine, alias) as (session, alias_row):
+    alias, named_version = _resolve(db, alias_or_version)
+    with _locked_alias(db, alias) as (session, alias_row):
         assert alias_row is not None
         before, now = snapshot(alias_row), utcnow()
         canary_id, production_id = alias_row.canary_id, alias_row.production_id
@@ -261,32 +264,31 @@ def rollback(engine: Engine, alias_or_version: str, actor: str, reason: str) -> 
         _set_status(victim, VersionStatus.rejected, now)
         _write_audit(session, alias_row, before, action, actor, reason, victim.id, from_status,
                      VersionStatus.rejected)
-        victim_id = victim.id
-    return get_version(engine, victim_id)
+        return ModelVersionPublic.model_validate(victim)
 
 
-def archive(engine: Engine, version_id: str, actor: str, reason: str) -> ModelVersionPublic:
+def archive(db: Db, version_id: str, actor: str, reason: str) -> ModelVersionPublic:
     """Retire a version that serves nothing (candidate or rejected)."""
-    return _retire(engine, version_id, VersionStatus.archived, actor, reason)
+    return _retire(db, version_id, VersionStatus.archived, actor, reason)
 
 
-def reject(engine: Engine, version_id: str, actor: str, reason: str) -> ModelVersionPublic:
+def reject(db: Db, version_id: str, actor: str, reason: str) -> ModelVersionPublic:
     """Mark a candidate as rejected; a running canary is rolled back (its traffic goes to production)."""
-    current = get_version(engine, version_id)
+    current = get_version(db, version_id)
     if current.status == VersionStatus.canary:
-        return rollback(engine, version_id, actor, reason)
-    return _retire(engine, version_id, VersionStatus.rejected, actor, reason)
+        return rollback(db, version_id, actor, reason)
+    return _retire(db, version_id, VersionStatus.rejected, actor, reason)
 
 
-def _retire(engine: Engine, version_id: str, status: VersionStatus, actor: str, reason: str) -> ModelVersionPublic:
-    with _locked_version(engine, version_id) as (session, alias_row, version):
+def _retire(db: Db, version_id: str, status: VersionStatus, actor: str, reason: str) -> ModelVersionPublic:
+    with _locked_version(db, version_id) as (session, alias_row, version):
         allowed = {VersionStatus.candidate} | ({VersionStatus.rejected} if status == VersionStatus.archived else set())
         _require_status(version, allowed, f"become {status}")
         before, from_status = snapshot(alias_row), version.status
         _set_status(version, status, utcnow())
         _write_audit(session, alias_row, before, str(status), actor, reason, version.id, from_status, status,
                      bump=False)
-    return get_version(engine, version_id)
+        return ModelVersionPublic.model_validate(version)
 
 
 # --- internals -----------------------------------------------------------------------------------------
@@ -297,37 +299,40 @@ class _AlreadyThere(Exception):
 
 
 @contextmanager
-def _locked_alias(
-    engine: Engine, alias: str, *, must_exist: bool = True
-) -> Iterator[tuple[Session, ModelAlias | None]]:
-    """One transaction holding the alias row's lock; commits on normal exit, rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
-        if engine.dialect.name == "sqlite":
-            # Take the write lock up front: a deferred transaction would read, then fail to upgrade.
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+def _locked_alias(db: Db, alias: str, *, must_exist: bool = True) -> Iterator[tuple[Session, ModelAlias | None]]:
+    """The alias row locked in the caller's transaction (a Session), or in one of its own (an Engine) that
+    commits on normal exit and rolls back on any error."""
+    with writing(db) as session:
         row = session.exec(select(ModelAlias).where(ModelAlias.alias == alias).with_for_update()).first()
         if row is None and must_exist:
             raise UnknownAlias(f"no model alias {alias!r}; register its base model first")
         yield session, row
-        session.commit()
+
+
+def lock_alias(session: Session, alias: str) -> AliasState:
+    """Lock the alias row in the caller's transaction and read its pointers: a unit of work that reads them
+    to decide what to change (which server drains after a promotion) reads them under the lock."""
+    with _locked_alias(session, alias) as (_session, row):
+        assert row is not None
+        return alias_state(row)
 
 
 @contextmanager
-def _locked_version(engine: Engine, version_id: str) -> Iterator[tuple[Session, ModelAlias, ModelVersion]]:
-    alias = get_version(engine, version_id).alias  # the alias never changes, so reading it unlocked is safe
-    with _locked_alias(engine, alias) as (session, alias_row):
+def _locked_version(db: Db, version_id: str) -> Iterator[tuple[Session, ModelAlias, ModelVersion]]:
+    alias = get_version(db, version_id).alias  # the alias never changes, so reading it unlocked is safe
+    with _locked_alias(db, alias) as (session, alias_row):
         assert alias_row is not None
         version = session.get(ModelVersion, version_id)
         assert version is not None
         yield session, alias_row, version
 
 
-def _resolve(engine: Engine, alias_or_version: str) -> tuple[str, str | None]:
+def _resolve(db: Db, alias_or_version: str) -> tuple[str, str | None]:
     """(alias, version id or None). Aliases cannot end in -v<N>, so the two never collide."""
-    if get_alias_state(engine, alias_or_version) is not None:
+    if get_alias_state(db, alias_or_version) is not None:
         return alias_or_version, None
     if _VERSION_ID.match(alias_or_version):
-        return get_version(engine, alias_or_version).alias, alias_or_version
+        return get_version(db, alias_or_version).alias, alias_or_version
     raise UnknownAlias(f"no model alias or version {alias_or_version!r}")
 
 

@@ -23,7 +23,7 @@ from deploy.launcher import Launcher
 from registry import store
 from registry.errors import GateNotPassed, InvalidTransition, InvalidWeight, NoProductionVersion
 from registry.models import VersionStatus
-from tests.test_deploy_helpers import base_and_candidate, traffic
+from tests.test_deploy_helpers import base_and_candidate, fake_deployment, traffic
 from tuneloop.cli import app
 
 POLICY = CanaryPolicy(min_requests=40, min_ratings=20, max_thumbs_down_rate_increase=0.10,
@@ -221,3 +221,42 @@ def test_a_stage_without_canary_traffic_says_so_in_evaluate_step_and_status(any_
     status = runner.invoke(app, ["canary", "status", "assistant", "--policy", str(policy)], env=env)
     assert status.exit_code == 0 and "analysis: wait" in status.output and "no canary traffic" not in status.output
     engine.dispose()
+
+
+class _DrainFails(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("decision", ["promote", "rollback"])
+def test_a_promotion_or_rollback_is_one_transaction_with_its_drain(engine: Engine, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    decision: str) -> None:
+    """A crash between the registry change and the drain of the server leaving traffic leaves neither: the
+    registry keeps its pointers and the server keeps running. The control, without the crash, does both."""
+    import deploy.launcher as launcher_module
+
+    production, candidate = base_and_candidate(engine, tmp_path)
+    launcher = Launcher(engine, tmp_path / "work", python="/bin/false")  # never starts a server here
+    canary.start(engine, candidate, 50, actor="alice", reason="try v2")
+    for version in (production, candidate):
+        fake_deployment(engine, version, f"http://127.0.0.1:{9000 + len(version)}")
+    leaving = production if decision == "promote" else candidate
+    act = canary.promote_canary if decision == "promote" else canary.rollback_canary
+    before = registry_state(engine), list_deployments(engine)
+    real_set_status = launcher_module.set_status
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise _DrainFails("killed while draining")
+
+    monkeypatch.setattr(launcher_module, "set_status", crash)
+    with pytest.raises(_DrainFails):
+        act(engine, "assistant", launcher=launcher, actor="alice", reason="decided")
+    assert (registry_state(engine), list_deployments(engine)) == before
+    assert store.consistency_problems(engine) == []
+
+    monkeypatch.setattr(launcher_module, "set_status", real_set_status)
+    act(engine, "assistant", launcher=launcher, actor="alice", reason="decided")
+    assert store.audit_log(engine, "assistant")[-1].action == ("promote" if decision == "promote"
+                                                                else "rollback_canary")
+    statuses = {d.version_id: d.status for d in list_deployments(engine)}
+    assert statuses[leaving] == "draining" and statuses[production if leaving == candidate else candidate] == "running"

@@ -37,7 +37,7 @@ def _conversation(answer: str, question: str = "what should I know?") -> list[di
 
 
 def test_normalisation_collapses_whitespace_not_the_letter_s() -> None:
-    # The article's r"s+" turned "class  sessions" into "cla e ion ".
+    # The reference recipe's r"s+" turned "class  sessions" into "cla    e ion ".
     assert normalise_text("  Class \t\n Sessions  ") == "class sessions"
     assert normalise_text("\uff26\uff35\uff2c\uff2c width") == "full width"  # full-width letters
 

@@ -49,7 +49,7 @@ def test_examples_take_the_last_assistant_turn_as_reference(tmp_path: Path) -> N
     assert [e.reference for e in examples] == [r["messages"][-1]["content"] for r in records]
     assert [m["role"] for m in examples[0].messages] == ["system", "user"]
     assert examples[0].id == "eval-1"
-    with pytest.raises(ValueError, match="example-1: the last message must be the assistant.s answer"):
+    with pytest.raises(ValueError, match="example-1: the last message must be the assistant"):
         examples_from_records([{"messages": [{"role": "user", "content": "no reference"}]}])
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):

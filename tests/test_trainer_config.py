@@ -129,7 +129,7 @@ def test_cuda_defaults_are_the_qlora_recipe_with_liger() -> None:
     assert resolved.optimizer == "paged_adamw_8bit" and resolved.liger_kernels and resolved.bf16
     assert resolved.gradient_checkpointing == "full"
     assert resolved.learning_rate == 2e-4 and resolved.epochs == 3 and resolved.max_length == 2048
-    assert resolved.batch_size * resolved.grad_accumulation == 16  # the article's effective batch
+    assert resolved.batch_size * resolved.grad_accumulation == 16  # the reference recipe's effective batch
 
 
 def test_real_models_on_cpu_train_one_unpacked_epoch_at_a_higher_rate() -> None:
@@ -179,7 +179,7 @@ def test_dataset_version_reads_by_id_or_path_and_ignores_extra_keys(tmp_path: Pa
         ("not json", "train.jsonl:7: not JSON"),
         ('{"text": "hi"}', "train.jsonl:7: expected an object"),
         ('{"messages": [{"role": "robot", "content": "x"}]}', "train.jsonl:7: messages\\[0\\]"),
-        ('{"messages": [{"role": "user", "content": "x"}]}', "train.jsonl:7: the last message must be the assistant.s answer"),
+        ('{"messages": [{"role": "user", "content": "x"}]}', "train.jsonl:7: the last message must be the assistant"),
     ],
 )
 def test_bad_dataset_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:

@@ -99,7 +99,7 @@ class TrainConfig:
     learning_rate: float | None = field(
         default=None,
         metadata=_meta(
-            "Peak learning rate; None: 2e-4 on CUDA (the article), 1e-3 for real models on CPU (one short "
+            "Peak learning rate; None: 2e-4 on CUDA (the reference recipe), 1e-3 for real models on CPU (one short "
             "epoch), 5e-3 for tiny random models."
         ),
     )

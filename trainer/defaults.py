@@ -1,10 +1,11 @@
 """Per-device, per-model-size defaults: pure functions from (config, environment facts) to concrete settings.
 
-The CUDA defaults follow ../shared/notes/gpu-anchor.md: nf4 QLoRA with double quant, bf16 compute, paged
-8-bit AdamW, gradient checkpointing, Liger kernels when installed, micro-batch 4 x accumulation 4 (the
-article's effective batch of 16, with fewer, larger steps than its 2 x 8, and an estimated peak still
-under the article's 17.6 GiB; micro-batch 8 measured 22.3 GiB and would break that budget).
-The CPU defaults follow ../shared/notes/training-cpu.md: plain fp32 LoRA, no checkpointing.
+The CUDA defaults follow the H200 measurements in trainer/README.md, "Reference recipe and measurements":
+nf4 QLoRA with double quant, bf16 compute, paged 8-bit AdamW, gradient checkpointing, Liger kernels when
+installed, micro-batch 4 x accumulation 4 (the reference recipe's effective batch of 16, with fewer, larger
+steps than its 2 x 8, and an estimated peak still under its 17.6 GiB; micro-batch 8 measured 22.3 GiB and
+would break that budget).
+The CPU defaults follow the CPU measurements in the same section: plain fp32 LoRA, no checkpointing.
 For a real small model on CPU (SmolLM2-135M-Instruct, the embedded default) they were measured on the demo
 task, 120 examples (~8.5 k tokens an epoch), 2 busy cores, greedy answers to 20 held-out questions:
   packed 512, batch 8, 2e-4 x 2 epochs:   6 optimizer steps, 268 s, 62 tokens/s, 20 GB peak RSS, 14/20 right
@@ -22,7 +23,8 @@ from typing import Any
 from trainer.config import ConfigError, TrainConfig
 
 # Below this many parameters a model is "tiny" (the demo base has ~1M): it needs a far higher learning rate
-# and more epochs than the article's 2e-4 x 3 for an 8B model (notes: 2e-4 teaches it nothing in 10 epochs).
+# and more epochs than the reference recipe's 2e-4 x 3 for an 8B model (2e-4 teaches it nothing in 10 epochs:
+# trainer/README.md, "Reference recipe and measurements").
 TINY_MODEL_PARAMETERS = 50_000_000
 REAL_MODEL_LR, TINY_MODEL_LR = 2e-4, 5e-3
 REAL_MODEL_EPOCHS, TINY_MODEL_EPOCHS = 3.0, 10.0
@@ -126,7 +128,7 @@ def resolve(config: TrainConfig, env: Environment, shape: ModelShape) -> Resolve
         checkpointing = "full" if cuda else "off"
 
     bf16 = cuda and env.bf16_supported
-    # nf4 keeps the article's bf16 compute (bitsandbytes' CPU path runs bf16 too); plain LoRA on CPU is fp32.
+    # nf4 keeps the reference recipe's bf16 compute (bitsandbytes' CPU path runs bf16 too); plain LoRA on CPU is fp32.
     compute_dtype = "bfloat16" if quantization == "nf4" or bf16 else "float32"
 
     cpu_real = not cuda and not tiny

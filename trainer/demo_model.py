@@ -1,8 +1,9 @@
 """A tiny Llama built locally (random init, tokenizer trained here) so the loop runs with no hub access.
 
-It is the embedded default base model. Its shape follows ../shared/notes/training-cpu.md: with
-initializer_range=0.1 a LoRA adapter can teach it a strict answer format in under a minute on 2 cores
-(with the usual 0.02 the frozen random embeddings cap the logits and the loss stalls).
+It is the tiny model for tests that need one in seconds (the default base is SmolLM2-135M-Instruct). Its
+shape follows trainer/README.md, "Reference recipe and measurements": with initializer_range=0.1 a LoRA
+adapter can teach it a strict answer format in under a minute on 2 cores (with the usual 0.02 the frozen
+random embeddings cap the logits and the loss stalls).
 """
 
 from __future__ import annotations

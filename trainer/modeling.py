@@ -2,7 +2,8 @@
 
 Holds the bitsandbytes CPU guard: on CPUs with AVX512-BF16, `Linear4bit` repacks its weight on the first
 eval-mode no-grad forward (SFTTrainer's per-epoch eval is one), after which backward silently drops the
-gradient through the frozen weight (../shared/notes/training-cpu.md: held-out exact match fell 82.5% -> 5%).
+gradient through the frozen weight (held-out exact match fell 82.5% -> 5%; trainer/README.md, "Reference recipe
+and measurements").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def bnb_quantization_config(compute_dtype: str) -> Any:
-    """The article's QLoRA quantization: nf4 with double quant and the given compute dtype."""
+    """The reference recipe's QLoRA quantization: nf4 with double quant and the given compute dtype."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(

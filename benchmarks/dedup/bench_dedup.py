@@ -1,11 +1,11 @@
-"""The article's MinHash-LSH dedup against ours, in one process, on the same labelled records.
+"""The reference recipe's MinHash-LSH dedup against ours, in one process, on the same labelled records.
 
     .venv/bin/python benchmarks/dedup/bench_dedup.py [--records 10000] [--seed 0]
 
 Reports records/s, recall on the labelled near-duplicates (overall and per edit rate), and false
 drops (records dropped that duplicate nothing earlier). Rows:
-  article          ../shared/seed/fine-tuning-article.txt as written: r"s+", 5-char shingles, one
-                   MinHash.update per shingle, num_perm 128, MinHashLSH(0.85), query then insert
+  reference        the reference recipe's dedup (benchmarks/dedup/README.md): r"s+", 5-char shingles,
+                   one MinHash.update per shingle, num_perm 128, MinHashLSH(0.85), query then insert
   ours             feedback.lsh.Deduplicator with the default policy (the code curate runs)
   ours+system      the same, with the system prompt counted (policy dedup_include_system=true)
   datasketch-index our signatures and verification, but datasketch's MinHashLSH as the index,
@@ -34,7 +34,7 @@ from feedback.policy import CurationPolicy
 BATCH = 1000  # what curate hands the deduplicator per page
 
 
-# --- the article, verbatim apart from the function names ---------------------------------------------
+# --- the reference recipe's dedup, as published apart from the function names ------------------------
 def tokenize_for_minhash(text: str) -> list[str]:
     """Overlapping 5-character shingles for fuzzy matching."""
     text = re.sub(r"s+", " ", text.lower().strip())
@@ -48,8 +48,8 @@ def build_minhash(text: str, num_perm: int = 128) -> MinHash:
     return m
 
 
-class ArticleDedup:
-    """The article's `deduplicate` loop, fed a slice at a time (its state carries over)."""
+class ReferenceDedup:
+    """The reference recipe's `deduplicate` loop, fed a slice at a time (its state carries over)."""
 
     def __init__(self, threshold: float = 0.85) -> None:
         self.lsh = MinHashLSH(threshold=threshold, num_perm=128)
@@ -156,7 +156,7 @@ def main() -> None:
 
     OursDedup().process(examples[:BATCH])  # warm-up: imports, first allocations
     makers: dict[str, Callable[[], object]] = {
-        "article": ArticleDedup,
+        "reference": ReferenceDedup,
         "ours": OursDedup,
         "ours+system": lambda: OursDedup(include_system=True),
         "datasketch-index": DatasketchIndexDedup,
@@ -165,10 +165,10 @@ def main() -> None:
     rows = [score(name, dropped, seconds, labels, rates) for name, (dropped, seconds) in results.items()]
     shingles_per_record = sum(max(len(" ".join(m["content"] for m in ex["messages"])) - 4, 0) for ex in examples)
     shingles_per_record /= len(examples)
-    print(f"article: {rows[0]['seconds'] / len(examples) / shingles_per_record * 1e6:.2f} us per shingle "
+    print(f"reference: {rows[0]['seconds'] / len(examples) / shingles_per_record * 1e6:.2f} us per shingle "
           f"({shingles_per_record:.0f} shingles per record)")
     base = rows[0]["records_per_s"]
-    header = ["name", "records/s", "vs article", "recall", "false drops"] + [
+    header = ["name", "records/s", "vs reference", "recall", "false drops"] + [
         f"recall {rate:.0%} edits" if rate else "recall verbatim" for rate in (0.0, *EDIT_RATES)
     ]
     print("| " + " | ".join(header) + " |")
