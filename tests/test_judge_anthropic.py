@@ -20,7 +20,7 @@ def _judge(url: str, **options) -> AnthropicJudge:
     return AnthropicJudge("claude-sonnet-4-6", api_key="test-key", base_url=url, **{**FAST, **options})
 
 
-async def test_good_answer_uses_the_articles_rubric_and_counts_tokens() -> None:
+async def test_good_answer_uses_the_reference_rubric_and_counts_tokens() -> None:
     with scripted_server("anthropic", [Reply('{"score": 5, "reason": "Correct and complete."}')]) as server:
         judge = _judge(server.base_url)
         result = await judge.score("What is 2+2?", "4", "2+2 equals 4.")

@@ -1,7 +1,7 @@
 """Real training runs on the demo model (CPU): learning, metadata, merge equivalence, crash resume, the bnb guard.
 
-Each run is LoRA/QLoRA on the tiny demo Llama with the notes' settings (r16/alpha32 on all projections, lr 5e-3,
-cosine, packed 512); ~30-60 s each on 2 free cores. Quality is asserted, never time.
+Each run is LoRA/QLoRA on the tiny demo Llama with trainer/defaults.py's CPU settings for tiny models (r16/alpha32
+on all projections, lr 5e-3, cosine, packed 512); ~30-60 s each on 2 free cores. Quality is asserted, never time.
 """
 
 from __future__ import annotations
