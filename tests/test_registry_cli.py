@@ -85,3 +85,18 @@ def test_refusals_are_clear_messages_not_tracebacks(home: Path, tmp_path: Path) 
         assert result.exit_code == 1, (args, result.output)
         assert isinstance(result.exception, SystemExit), (args, result.exception)
         assert message in " ".join(result.output.split()), (args, result.output)
+
+
+def test_eval_gate_overrides_are_checked_before_anything_runs(home: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    runner.invoke(app, ["models", "register-base", "assistant", _checkpoint(tmp_path, "base")])
+    engine = make_engine(f"sqlite:///{(home / 'tuneloop.db').resolve()}")
+    candidate = store.register_candidate(engine, ModelVersionCreate(
+        alias="assistant", base_model="b", merged_path=_checkpoint(tmp_path, "v2"))).id
+    before = store.get_version(engine, candidate), store.audit_log(engine, "assistant")
+    for gate, message in ((["--gate", "min_mean_score=9"], "--gate: min_mean_score: Input should be less than"),
+                          (["--gate", "min_mean=4"], "--gate 'min_mean=4': expected field=value")):
+        result = runner.invoke(app, ["eval", candidate, "--url", "http://127.0.0.1:9", *gate])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert message in " ".join(result.output.split()), result.output
+    assert (store.get_version(engine, candidate), store.audit_log(engine, "assistant")) == before

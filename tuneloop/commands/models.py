@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
 from core.db import make_engine, migrate
+from core.policies import GatePolicy
 from core.settings import Settings, load_settings
 from registry import store
 from registry.models import AuditEntryPublic, ModelVersionPublic, VersionStatus
@@ -186,13 +188,11 @@ def eval_command(
     limit: int = typer.Option(None, min=1, help="Evaluate at most this many examples per set."),
     concurrency: int = typer.Option(8, min=1),
     max_tokens: int = typer.Option(256, min=1),
-    min_mean_score: float = typer.Option(4.0),
-    max_drop_vs_production: float = typer.Option(0.1),
-    min_pairwise_win_rate: float = typer.Option(0.5),
-    max_regression_drop_points: float = typer.Option(5.0),
+    gate: list[str] = typer.Option(
+        None, "--gate", help="Override a gate threshold, field=value (repeatable; 'none' turns a check off); "
+                             "the rest come from the settings' cycle.gate (TUNELOOP_CYCLE__GATE__*)."),
 ) -> None:
     """Run the gate for VERSION by hand: evaluate, compare with production and the base, decide, record."""
-    from core.policies import GatePolicy
     from registry.evaluate import load_examples, regression_examples
     from registry.gating import Endpoint, gate_version
     from tuneloop.compose import judge as configured_judge
@@ -204,9 +204,7 @@ def eval_command(
             raise store.InvalidTransition(f"{version_id} is {version.status}; only candidates are gated")
         production_id, _, _ = store.get_aliases(engine, version.alias)
         base_id = store.version_id_for(version.alias, 1)
-        policy = GatePolicy(min_mean_score=min_mean_score, max_drop_vs_production=max_drop_vs_production,
-                            min_pairwise_win_rate=min_pairwise_win_rate,
-                            max_regression_drop_points=max_regression_drop_points)
+        policy = _gate_policy(settings.cycle.gate, gate or [])
         examples = load_examples(eval_set or _dataset_eval_path(engine, version), limit)
         candidate = Endpoint(_endpoint_url(settings, version_id, url, None), model or version_id)
         production_name = production_model or production_id or base_id
@@ -227,6 +225,22 @@ def eval_command(
         console.print(f"[red]{version_id} FAILED the gate[/] (status: rejected)")
         raise typer.Exit(1)
     console.print(f"[green]{version_id} passed the gate[/]: it may start a canary")
+
+
+def _gate_policy(configured: GatePolicy, overrides: list[str]) -> GatePolicy:
+    """The settings' gate with `field=value` overrides, validated as a whole (errors name the field)."""
+    changes: dict[str, object] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in GatePolicy.model_fields:
+            raise ValueError(f"--gate {item!r}: expected field=value with a field of "
+                             f"{', '.join(GatePolicy.model_fields)}")
+        changes[name.strip()] = None if value.strip().lower() in ("none", "null", "off") else value.strip()
+    try:
+        return GatePolicy.model_validate({**configured.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ValueError("--gate: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                 for e in exc.errors())) from None
 
 
 def _dataset_eval_path(engine: Engine, version: ModelVersionPublic) -> Path:
