@@ -1,16 +1,21 @@
-"""FastAPI dependencies, as `Annotated` aliases the routes declare."""
+"""What a request must pass before a route acts on it: FastAPI dependencies as `Annotated` aliases the routes
+declare, and `admit_completion`, the same checks as one plain call for the completion routes."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Depends, Header, Request
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from gateway.auth import Principal, require_admin
-from gateway.errors import GatewayError, bad_request, invalid_idempotency_key, too_large
-from gateway.proxy import Gateway
+from gateway.errors import GatewayError, bad_request, invalid_idempotency_key, too_large, validated
+from gateway.serving import Gateway
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 IDEMPOTENCY_KEY_MAX = 256
 # Deeper JSON is refused while parsing: re-encoding it for the upstream or the store fails past 254 levels, and
@@ -119,3 +124,37 @@ async def get_idempotency_key(
 
 JsonBodyDep = Annotated[dict[str, Any], Depends(get_json_body)]
 IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
+
+
+@dataclass(slots=True)
+class Admitted(Generic[ModelT]):
+    """A completion request that passed every check, with what the handler needs from them."""
+
+    gateway: Gateway
+    principal: Principal
+    body: dict[str, Any]
+    parsed: ModelT
+    idempotency_key: str | None
+
+
+async def admit_completion(request: Request, model: type[ModelT]) -> Admitted[ModelT]:
+    """The completion routes' checks in their order (key, body, Idempotency-Key, then the body against `model`),
+    so a bad key is a 401 before a bad body is a 400. One plain call rather than dependencies: solving them took
+    a third of a proxied request's CPU time. Errors propagate to the app's exception handlers as from any route."""
+    gw: Gateway = request.app.state.gateway
+    headers = request.headers  # the first of repeated headers, as a FastAPI Header() parameter reads it
+    principal = await gw.keys.authenticate(headers.get("authorization"))
+    body = await read_json_body(request, gw.settings.max_body_bytes)
+    idempotency_key = check_idempotency_key(headers.get("idempotency-key"))
+    return Admitted(gw, principal, body, validated(model, body), idempotency_key)
+
+
+# How the completion routes' schema describes the headers admit_completion reads, as FastAPI documents the
+# Header() parameters of get_principal and get_idempotency_key above: the schema-driven tests send them.
+COMPLETION_HEADER_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "authorization", "in": "header", "required": False,
+     "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Authorization"}},
+    {"name": "Idempotency-Key", "in": "header", "required": False,
+     "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Idempotency-Key",
+                "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX, "pattern": r"\S"}},
+]

@@ -20,7 +20,7 @@ from gateway.errors import idempotency_in_progress, idempotency_key_reused, stor
 from gateway.sse import assembled_completion, replay_events
 
 if TYPE_CHECKING:
-    from gateway.proxy import Call, Gateway
+    from gateway.serving import Call, Gateway
 
 log = logging.getLogger("tuneloop.gateway")
 

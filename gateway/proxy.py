@@ -10,27 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import orjson
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy import Engine
 
 from core.clock import utcnow
-from core.settings import Settings
 from feedback.interaction_log import (
     DuplicateIdempotencyKey,
-    InteractionLog,
     RowRejected,
     StoreUnavailable,
     interaction_values,
 )
 from feedback.models import InteractionStatus
-from gateway.auth import KeyCache, Principal
+from gateway.auth import Principal
 from gateway.errors import (
     GatewayError,
     bad_gateway,
@@ -41,53 +36,16 @@ from gateway.errors import (
     store_unavailable,
 )
 from gateway.idempotent import claim_idempotency_key, release_claim
-from gateway.metrics import GatewayMetrics
 from gateway.protocol import ErrorDetail, SamplingFields
-from gateway.ratelimit import RateLimiter, usage_tokens
-from gateway.routing import ReplicaPicker, Route, Router
+from gateway.ratelimit import usage_tokens
+from gateway.routing import Route
+from gateway.serving import Call, Gateway
 from gateway.sse import DONE, StreamAccumulator, answer_text
-from gateway.upstream import ConnectError, UpstreamClient, UpstreamError, UpstreamResponse
+from gateway.upstream import ConnectError, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("tuneloop.gateway")
 
 UPSTREAM_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
-
-
-@dataclass
-class Gateway:
-    """What the routes need, made once in the app's lifespan."""
-
-    settings: Settings
-    engine: Engine
-    client: UpstreamClient
-    router: Router
-    interaction_log: InteractionLog
-    keys: KeyCache
-    metrics: GatewayMetrics
-    picker: ReplicaPicker
-    limiter: RateLimiter  # per-key rpm/tpm (gateway.ratelimit)
-
-
-@dataclass
-class Call:
-    """One client request on its way through the gateway."""
-
-    endpoint: str
-    principal: Principal
-    request: SamplingFields
-    body: dict[str, Any]
-    request_id: str
-    idempotency_key: str | None
-    started: float
-    fingerprint: str | None = None  # set while the request holds the claim on its Idempotency-Key
-
-    @property
-    def chat(self) -> bool:
-        return self.endpoint == "chat.completions"
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 async def handle_completion(

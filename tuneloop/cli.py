@@ -63,6 +63,7 @@ def up_command() -> None:
     from deploy.quickstart import bring_up, quickstart_launcher, usage_text
     from deploy.scheduler import start_scheduler
     from gateway.app import create_app
+    from tuneloop.asgi import tune_gc_for_serving
     from tuneloop.compose import job_context
 
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that ends the process
@@ -96,6 +97,7 @@ def up_command() -> None:
         console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
         for job in scheduler.get_jobs():
             console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
+        tune_gc_for_serving()
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
     finally:
         cleaning.set()
