@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +28,8 @@ DEFAULT_BASE_DIR = "smollm2-135m-instruct"
 class Timeouts(BaseModel):
     """Upstream timeouts, in seconds."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
+
     connect: float = Field(3.0, gt=0, description="TCP connect to an upstream replica.")
     first_byte: float = Field(120.0, gt=0, description="Request sent to response headers / first chunk.")
     chunk_gap: float = Field(60.0, gt=0, description="Longest silence between two streamed chunks.")
@@ -34,6 +38,8 @@ class Timeouts(BaseModel):
 
 class LogWriterSettings(BaseModel):
     """Group-commit writer for the interaction log."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
 
     max_batch: int = Field(256, ge=1, description="Rows committed in one transaction at most.")
     queue_max: int = Field(10_000, ge=1, description="Rows waiting to be written before callers get 503.")
@@ -45,6 +51,8 @@ DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-6"
 
 class JudgeSettings(BaseModel):
     """Which judge scores answers for the gate and `tuneloop eval`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
 
     kind: Literal["auto", "anthropic", "openai", "reference"] = Field(
         "auto", description="auto: Claude when an API key is set, else the offline reference judge.")
@@ -86,6 +94,8 @@ class JudgeSettings(BaseModel):
 
 class CycleSettings(BaseModel):
     """The scheduled improvement cycle (deploy/): when it runs and what it may do."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
 
     cron: str = Field("0 3 * * *", description="Default schedule (crontab, server local time): nightly at 03:00.")
     aliases: list[str] = Field(default_factory=lambda: ["demo"], description="Aliases the scheduler improves.")
@@ -185,8 +195,37 @@ class SettingsError(ValueError):
     """Invalid settings; the message names each offending variable."""
 
 
+# Read before the settings (the YAML file's path), or by the test suite; not settings themselves.
+NOT_SETTINGS = ("TUNELOOP_CONFIG",)
+NOT_SETTINGS_PREFIXES = ("TUNELOOP_TEST_",)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """TUNELOOP_ variables that name no setting (pydantic-settings would ignore them), each with a hint: a
+    misspelt or renamed variable must not leave its setting silently at the default."""
+    fields = sorted(name.upper() for name in Settings.model_fields)
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith("TUNELOOP_") or name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        head = name.removeprefix("TUNELOOP_").split("__")[0]
+        if head in fields:
+            continue
+        nested = next((f for f in fields if head.startswith(f + "_")), None)
+        if nested is not None:  # TUNELOOP_JUDGE_KIND: nesting is spelt with two underscores
+            hint = f"; did you mean TUNELOOP_{nested}__{head[len(nested) + 1:]}?"
+        else:
+            close = difflib.get_close_matches(head, fields, n=1)
+            hint = f"; did you mean TUNELOOP_{close[0]}?" if close else ""
+        problems.append(f"{name}: not a setting{hint}")
+    return problems
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings; a bad value raises SettingsError naming the variable (TUNELOOP_TIMEOUTS__CONNECT)."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise SettingsError("invalid settings: " + "; ".join(unknown))
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -67,3 +67,21 @@ def test_a_bad_cycle_train_field_stops_a_process_at_start(monkeypatch, tmp_path)
     assert not (tmp_path / "datasets").exists()  # refused before curation
     monkeypatch.setenv("TUNELOOP_CYCLE__TRAIN", '{"learning_rate": 0.001}')
     assert job_context(load_settings()).settings.cycle.train == {"learning_rate": 0.001}
+
+
+def test_a_variable_that_names_no_setting_is_refused_with_a_hint(monkeypatch) -> None:
+    monkeypatch.setenv("TUNELOOP_JUDGE_KIND", "openai")  # the judge's variables before they nested
+    monkeypatch.setenv("TUNELOOP_DATABSE_URL", "sqlite:///x.db")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert "TUNELOOP_JUDGE_KIND: not a setting; did you mean TUNELOOP_JUDGE__KIND?" in str(refused.value)
+    assert "TUNELOOP_DATABSE_URL: not a setting; did you mean TUNELOOP_DATABASE_URL?" in str(refused.value)
+    monkeypatch.delenv("TUNELOOP_JUDGE_KIND")
+    monkeypatch.delenv("TUNELOOP_DATABSE_URL")
+    monkeypatch.setenv("TUNELOOP_TIMEOUTS__CONECT", "2")  # a misspelt nested key
+    with pytest.raises(SettingsError, match="TUNELOOP_TIMEOUTS__CONECT: Extra inputs are not permitted"):
+        load_settings()
+    monkeypatch.delenv("TUNELOOP_TIMEOUTS__CONECT")
+    monkeypatch.setenv("TUNELOOP_JUDGE__KIND", "reference")
+    monkeypatch.setenv("TUNELOOP_TEST_PG", "postgresql://elsewhere/test")  # the suite's own, not a setting
+    assert load_settings().judge.kind == "reference"
