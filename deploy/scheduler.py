@@ -143,8 +143,11 @@ def run_cycle_now(context: JobContext, alias: str, trigger: str) -> dict[str, An
                          canary_weight=settings.cycle.canary_weight, train_overrides=settings.cycle.train,
                          gate=settings.cycle.gate)
     lease = LeasePolicy(ttl_s=settings.cycle.lease_ttl_s, heartbeat_s=settings.cycle.lease_ttl_s / 5)
-    run = run_cycle(engine, alias, build_steps(settings, launcher, policy, context.judge), trigger=trigger, lease=lease,
-                    cleanup=cleanup_run(launcher))
+    try:
+        run = run_cycle(engine, alias, build_steps(settings, launcher, policy, context.judge), trigger=trigger,
+                        lease=lease, cleanup=cleanup_run(launcher))
+    finally:
+        engine.dispose()  # a job runs every minute or night: its connections must not outlive it
     log.info("cycle %s of %s: %s %s", run.id, alias, run.status, run.reason or "")
     return {"id": run.id, "status": str(run.status), "reason": run.reason}
 
@@ -157,7 +160,10 @@ def canary_step_now(context: JobContext, alias: str) -> dict[str, Any]:
     settings = context.settings
     engine = make_engine(settings.resolved_database_url)
     launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
-    result = step(engine, alias, settings.cycle.canary, launcher=launcher)
+    try:
+        result = step(engine, alias, settings.cycle.canary, launcher=launcher)
+    finally:
+        engine.dispose()
     if str(result.action) != "wait":
         log.info("canary %s of %s: %s (%s)", result.canary_id, alias, result.action, "; ".join(result.reasons))
     return result.to_dict()

@@ -12,7 +12,9 @@ from deploy.scheduler import (
     WATCH_JOB_PREFIX,
     JobContext,
     ScheduleError,
+    canary_step_now,
     parse_cron,
+    run_cycle_now,
     set_schedule,
     show_schedule,
     start_scheduler,
@@ -71,3 +73,11 @@ def test_cli_refuses_bad_schedules_without_a_traceback(settings, monkeypatch):
     assert show_schedule(settings) == []  # nothing was stored
     good = runner.invoke(app, ["schedule", "set", "--alias", "demo", "--cron", "0 3 * * *"])
     assert good.exit_code == 0, good.output
+
+
+def test_the_jobs_run_with_the_context_their_process_built(settings, demo_model_dir):
+    context = JobContext(settings.model_copy(update={"base_model": str(demo_model_dir)}), ReferenceJudge())
+    watched = canary_step_now(context, "demo")
+    assert watched["action"] == "wait" and watched["reasons"] == ["no canary running"]
+    cycle = run_cycle_now(context, "demo", trigger="manual")
+    assert cycle["status"] == "skipped" and "no new examples" in cycle["reason"]
