@@ -26,6 +26,8 @@ def arm_figures(engine: Engine, alias: str, version_ids: list[str], since: datet
         col(Interaction.served_version).in_(version_ids),
         Interaction.created_at >= since,
         Interaction.status != InteractionStatus.rejected,  # refused by the gateway: no version was involved
+        # a stream still running (or cut by a gateway killed mid-flight) is neither an answer nor a version's error
+        Interaction.status != InteractionStatus.in_progress,
     )
     is_error = case((Interaction.status == InteractionStatus.upstream_error, 1), else_=0)
     counts: dict[str, tuple[int, int]] = {}

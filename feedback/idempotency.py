@@ -5,7 +5,9 @@ the claim); a duplicate that arrives while the first is being served is told so 
 generating a second answer; once the answer is logged its interaction row holds the key and the request's
 fingerprint, the claim is released, and a retry of the same request is answered from the row. The same key with
 another body or on another endpoint is a mistake the client is told about; nothing is replayed or generated.
-A claim whose holder died (kill -9 mid-answer) expires after `ttl_s` and can be taken over.
+A claim whose holder died (kill -9 mid-answer) expires after `ttl_s` and can be taken over. Only a final `ok` row
+holds the key: a stream's `in_progress` row (written before its first byte) never does, so a partial answer is
+never replayed.
 """
 
 from __future__ import annotations

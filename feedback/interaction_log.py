@@ -5,7 +5,11 @@ is queued (up to `max_batch`) into one transaction, so durability costs one fsyn
 per request. A batch that one row makes fail (a constraint, a value the database refuses) is retried row by
 row, so that row's caller alone gets RowRejected or DuplicateIdempotencyKey and every other row is committed.
 Only an outage (connection or operational errors) is retried, and one that lasts beyond `store_wait_s` fails
-the waiting callers with StoreUnavailable (-> 503).
+the waiting callers with StoreUnavailable (-> 503); a row whose caller was told so is dropped from the queue, not
+committed later (unless its commit was already under way), so a 503 leaves no row behind.
+
+`write(row, replace=True)` is an upsert by primary key, batched the same way: a stream's final row replaces the
+`in_progress` row written before its first byte (gateway.streaming).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, String
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -65,7 +70,8 @@ class WriterStats:
 @dataclass
 class _Pending:
     row: Interaction | dict[str, Any]  # a model, or its column values from `interaction_values`
-    done: asyncio.Future[None]
+    done: asyncio.Future[None]  # cancelled when its caller gave up waiting: then it is not written
+    replace: bool = False  # an upsert by id rather than an insert
 
 
 @dataclass
@@ -115,15 +121,17 @@ class InteractionLog:
             await self._task
         self._task = None
 
-    async def write(self, row: Interaction | dict[str, Any]) -> None:
-        """Return once `row` is committed; raise StoreUnavailable or DuplicateIdempotencyKey otherwise."""
+    async def write(self, row: Interaction | dict[str, Any], *, replace: bool = False) -> None:
+        """Return once `row` is committed; raise StoreUnavailable, RowRejected or DuplicateIdempotencyKey
+        otherwise. `replace`: insert it, or overwrite every column of the row with its id."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(row, loop.create_future())
+        pending = _Pending(row, loop.create_future(), replace)
         try:
             async with asyncio.timeout(self.store_wait_s):
                 await self._queue.put(pending)
                 await asyncio.shield(pending.done)
         except TimeoutError:
+            pending.done.cancel()  # the caller answers 503: the writer must not commit it later
             raise StoreUnavailable(f"row not committed within {self.store_wait_s}s") from None
 
     async def _run(self) -> None:
@@ -140,10 +148,13 @@ class InteractionLog:
     async def _commit_with_retry(self, batch: list[_Pending]) -> None:
         deadline = time.monotonic() + self.store_wait_s
         delay = 0.05
-        while batch:
+        while True:
+            batch = [p for p in batch if not p.done.done()]  # dropped: its caller already heard 503
+            if not batch:
+                return
             started = time.perf_counter()
             try:
-                outcomes = await asyncio.to_thread(_commit_batch, self.engine, [p.row for p in batch])
+                outcomes = await asyncio.to_thread(_commit_batch, self.engine, [(p.row, p.replace) for p in batch])
             except Exception as exc:  # retried, then 503 for this batch; never a dead writer that hangs them all
                 log.warning("interaction batch of %d not committed: %r", len(batch), exc)
                 outcomes = [exc] * len(batch)
@@ -193,27 +204,35 @@ def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
         future.set_exception(error)
 
 
-def _commit_batch(engine: Engine, rows: list[Interaction | dict[str, Any]]) -> list[Exception | None]:
-    """Commit all rows in one transaction; when one row spoils it, fall back to one transaction per row.
+def _commit_batch(
+    engine: Engine, rows: list[tuple[Interaction | dict[str, Any], bool]]
+) -> list[Exception | None]:
+    """Commit all (row, replace) in one transaction; when one row spoils it, fall back to one transaction per row.
 
     Returns, per row: None (committed), RowRejected (that row is refused; retrying cannot help), or the outage
-    error (the row was not written; the caller retries it). A Core executemany insert, not the ORM's unit of
+    error (the row was not written; the caller retries it). Core executemany statements, not the ORM's unit of
     work: the rows are only written here, never read back, and the ORM's per-object bookkeeping cost more than
     the rest of the commit.
     """
-    values = [_column_values(row) for row in rows]
+    values = [_column_values(row) for row, _ in rows]
+    statements = [_upsert(engine.dialect.name) if replace else _INSERT for _, replace in rows]
+    inserts = [value for value, (_, replace) in zip(values, rows, strict=True) if not replace]
+    upserts = [value for value, (_, replace) in zip(values, rows, strict=True) if replace]
     try:
         with engine.begin() as connection:
-            connection.execute(_INSERT, values)
+            if inserts:  # first: an upsert may replace a row this batch inserts, never the other way round
+                connection.execute(_INSERT, inserts)
+            if upserts:
+                connection.execute(_upsert(engine.dialect.name), upserts)
         return [None] * len(rows)
     except (StatementError, TypeError, ValueError) as exc:  # the database's refusal, or a value the driver
         if _outage(exc):                                    # could not encode (psycopg raises TypeError itself)
             raise
     outcomes: list[Exception | None] = []
-    for index, value in enumerate(values):
+    for index, (value, statement) in enumerate(zip(values, statements, strict=True)):
         try:
             with engine.begin() as connection:
-                connection.execute(_INSERT, [value])
+                connection.execute(statement, [value])
             outcomes.append(None)
         except (StatementError, TypeError, ValueError) as exc:
             if _outage(exc):  # the store went down part-way: the rest are retried with the batch
@@ -252,6 +271,19 @@ def _default(key: str) -> Callable[[], Any]:
 
 
 _DEFAULTS = {key: _default(key) for key in _COLUMNS}
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (id) DO UPDATE of every column, in the dialect's own syntax (both have it)."""
+    if dialect not in _UPSERTS:
+        module = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect)
+        if module is None:
+            raise NotImplementedError(f"no interaction upsert for {dialect!r}")
+        statement = module.insert(_TABLE)
+        _UPSERTS[dialect] = statement.on_conflict_do_update(
+            index_elements=[_TABLE.c.id], set_={key: statement.excluded[key] for key in _COLUMNS if key != "id"})
+    return _UPSERTS[dialect]
 _TEXT_COLUMNS = tuple(column.key for column in _TABLE.columns  # AutoString is a TypeDecorator over String
                       if isinstance(getattr(column.type, "impl", column.type), String))
 

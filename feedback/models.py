@@ -22,6 +22,9 @@ class InteractionStatus(StrEnum):
     upstream_error = "upstream_error"  # the upstream failed or answered non-2xx
     client_disconnected = "client_disconnected"  # the caller left mid-stream; the row has the partial text
     rejected = "rejected"  # the gateway refused it before any upstream call
+    # a stream being answered: written before its first byte left, replaced by its final row when it ends; one
+    # left so for good is a stream whose gateway process died mid-answer (gateway.streaming)
+    in_progress = "in_progress"
 
 
 class InteractionBase(SQLModel):

@@ -2,7 +2,8 @@
 
 Rules every view shares (`rate_interaction`), checked in this order; the first that applies names the reason:
   not_chat                  a completions (prompt) request: no conversation to learn from
-  <status>                  the call did not succeed (upstream_error, client_disconnected, rejected)
+  <status>                  the call did not succeed (upstream_error, client_disconnected, rejected), or is a
+                            stream not finished (in_progress: still running, or its gateway process died)
   no_feedback               nobody rated it (counted with one COUNT query, never read)
   conflicting_ratings       as many users rated it up as down (one vote per user; majority wins)
   unsupported_messages      tool calls, images or other turns a chat example cannot hold

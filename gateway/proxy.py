@@ -1,8 +1,8 @@
 """Proxying one completion to its upstream and logging it: the logic behind the thin OpenAI routes.
 
 Durability rule: a non-streamed answer leaves only after its row is committed (else 503); a streamed answer
-starts only while the log writer is healthy, and its row is written in the stream's `finally`, shielded from
-cancellation, with the partial text when the client left.
+starts only while the log writer is healthy, and no byte of it leaves before its `in_progress` row is committed
+(gateway.streaming).
 """
 
 from __future__ import annotations
@@ -10,37 +10,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import anyio
 import orjson
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
-from core.clock import utcnow
-from feedback.interaction_log import (
-    DuplicateIdempotencyKey,
-    RowRejected,
-    StoreUnavailable,
-    interaction_values,
-)
+from feedback.interaction_log import RowRejected, StoreUnavailable
 from feedback.models import InteractionStatus
 from gateway.auth import Principal
+from gateway.call_log import call_row, count_call, write_row
 from gateway.errors import (
     GatewayError,
     bad_gateway,
     gateway_timeout,
     not_found,
     row_rejected,
-    sse_error_event,
     store_unavailable,
 )
 from gateway.idempotent import claim_idempotency_key, release_claim
-from gateway.protocol import ErrorDetail, SamplingFields
+from gateway.protocol import SamplingFields
 from gateway.ratelimit import usage_tokens
 from gateway.routing import Route
 from gateway.serving import Call, Gateway
-from gateway.sse import DONE, StreamAccumulator, answer_text
+from gateway.sse import answer_text
+from gateway.streaming import LoggedStreamingResponse, logged_stream
 from gateway.upstream import ConnectError, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("tuneloop.gateway")
@@ -109,21 +102,7 @@ async def _serve_route(gw: Gateway, call: Call, route: Route) -> Response:
     headers = {"x-request-id": request_id, "x-tuneloop-version": route.version}
     if upstream.status_code >= 400 or not request.stream:
         return await _finish_buffered(gw, call, route, upstream, headers)
-    return LoggedStreamingResponse(
-        _relay_stream(gw, call, route, upstream, strip_usage),
-        on_never_started=lambda: _abandon_stream(gw, call, route, upstream),
-        media_type="text/event-stream", headers=headers,
-    )
-
-
-async def _write_row(gw: Gateway, row: dict[str, Any]) -> None:
-    """Log the row; a key taken over meanwhile (its claim had expired) must not cost the row itself."""
-    try:
-        await gw.interaction_log.write(row)
-    except DuplicateIdempotencyKey:
-        log.warning("interaction %s: Idempotency-Key already answered by another request; logged without it",
-                    row["id"])
-        await gw.interaction_log.write(dict(row, idempotency_key=None, idempotency_fingerprint=None))
+    return logged_stream(gw, call, route, upstream, strip_usage, headers)
 
 
 async def open_upstream(
@@ -185,15 +164,15 @@ async def _finish_buffered(
         await _log_failure(gw, call, route, error)
         raise error from None
     text, finish = answer_text(parsed)
-    row = _row(call, route, InteractionStatus.ok, 200, response_body=parsed, text=text, finish=finish,
+    row = call_row(call, route, InteractionStatus.ok, 200, response_body=parsed, text=text, finish=finish,
                usage=parsed.get("usage"), response_id=parsed.get("id"))
     try:
-        await _write_row(gw, row)
+        await write_row(gw, row)
     except StoreUnavailable:
         raise store_unavailable() from None
     except RowRejected as exc:
         raise row_rejected(str(exc)) from None
-    _count(gw, call, route, 200)
+    count_call(gw, call, route, 200)
     await gw.limiter.add_tokens(call.principal, usage_tokens(parsed.get("usage")))
     return Response(raw, media_type="application/json", headers=headers)
 
@@ -213,137 +192,11 @@ def _upstream_status_error(status: int, raw: bytes, route: Route) -> GatewayErro
     return bad_gateway(f"The upstream for '{route.alias}' failed with {status}: {message}"[:2000])
 
 
-async def _relay_stream(
-    gw: Gateway, call: Call, route: Route, upstream: UpstreamResponse, strip_usage: bool
-) -> AsyncIterator[bytes]:
-    timeouts = gw.settings.timeouts
-    deadline = call.started + timeouts.total
-    accumulator = StreamAccumulator(strip_usage_only_chunks=strip_usage)
-    status, error, ttft = InteractionStatus.client_disconnected, None, None
-    chunks = upstream.aiter_raw()
-    try:
-        while True:
-            remaining = deadline - time.perf_counter()
-            try:
-                async with asyncio.timeout(max(0.0, min(timeouts.chunk_gap, remaining))):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            for event in accumulator.feed(chunk):
-                if ttft is None and accumulator.content_events:
-                    ttft = time.perf_counter() - call.started
-                yield event
-        status = InteractionStatus.ok
-        if not accumulator.saw_done:
-            status, error = InteractionStatus.upstream_error, "upstream stream ended without [DONE]"
-            yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_error"))
-            yield DONE
-    except TimeoutError:
-        gw.metrics.upstream_errors.labels("timeout").inc()
-        status, error = InteractionStatus.upstream_error, "upstream stream stalled past the chunk-gap timeout"
-        yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_timeout"))
-        yield DONE
-    except UpstreamError as exc:
-        gw.metrics.upstream_errors.labels("read").inc()
-        status, error = InteractionStatus.upstream_error, f"upstream broke off the stream: {type(exc).__name__}"
-        yield sse_error_event(ErrorDetail(message=error, type="api_error", code="upstream_error"))
-        yield DONE
-    finally:
-        with anyio.CancelScope(shield=True):
-            await upstream.aclose()  # a departed client cancels the upstream generation too
-            if ttft is not None:
-                gw.metrics.ttft.labels(call.endpoint).observe(ttft)
-            row = _row(call, route, status, 200, text=accumulator.text, finish=accumulator.finish_reason,
-                       usage=accumulator.usage, response_id=accumulator.response_id, error=error, ttft=ttft)
-            try:
-                await _write_row(gw, row)
-            except (StoreUnavailable, RowRejected) as exc:
-                log.error("streamed interaction %s not logged: %s", call.request_id, exc)
-            await release_claim(gw, call)
-            _count(gw, call, route, 200 if status == InteractionStatus.ok else 599)
-            await gw.limiter.add_tokens(call.principal, usage_tokens(accumulator.usage))
-
-
-class LoggedStreamingResponse(StreamingResponse):
-    """Closes the relay as soon as the response ends, so its log row is written now, not at GC; a client that
-    left before the first chunk was even asked for still gets its upstream cancelled and its row written."""
-
-    def __init__(self, relay: AsyncIterator[bytes], on_never_started: Callable[[], Awaitable[None]],
-                 **kwargs: Any) -> None:
-        self._relay = relay
-        self._started = False
-        self._on_never_started = on_never_started
-        super().__init__(self._forward(), **kwargs)
-
-    async def _forward(self) -> AsyncIterator[bytes]:
-        self._started = True
-        async for chunk in self._relay:
-            yield chunk
-
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                if self._started:
-                    await self._relay.aclose()  # type: ignore[attr-defined]
-                else:  # an unstarted generator's finally never runs: do its work here
-                    await self._on_never_started()
-
-
-async def _abandon_stream(gw: Gateway, call: Call, route: Route, upstream: UpstreamResponse) -> None:
-    await upstream.aclose()
-    row = _row(call, route, InteractionStatus.client_disconnected, 200, text="")
-    try:
-        await _write_row(gw, row)
-    except (StoreUnavailable, RowRejected) as exc:
-        log.error("abandoned stream %s not logged: %s", call.request_id, exc)
-    await release_claim(gw, call)
-
-
-def _row(
-    call: Call, route: Route, status: InteractionStatus, http_status: int, *, response_body=None, text=None,
-    finish=None, usage=None, response_id=None, error=None, ttft=None,
-) -> dict[str, Any]:
-    usage = usage or {}
-    return interaction_values(
-        id=call.request_id,
-        response_id=response_id,
-        api_key_id=call.principal.key_id,
-        model_alias=route.alias,
-        served_version=route.version,
-        endpoint=call.endpoint,
-        stream=call.request.stream,
-        end_user=call.request.user,
-        request_body=call.body,
-        response_body=response_body,
-        response_text=text,
-        finish_reason=finish,
-        status=status,
-        http_status=http_status,
-        error=error,
-        latency_ms=(time.perf_counter() - call.started) * 1000,
-        ttft_ms=ttft * 1000 if ttft is not None else None,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        total_tokens=usage.get("total_tokens"),
-        # only a served answer keeps the key: a retry after a failure must be tried again, not replayed
-        idempotency_key=call.idempotency_key if status == InteractionStatus.ok and call.fingerprint else None,
-        idempotency_fingerprint=call.fingerprint if status == InteractionStatus.ok else None,
-        completed_at=utcnow(),
-    )
-
-
 async def _log_failure(gw: Gateway, call: Call, route: Route, error: GatewayError) -> None:
     """Failed calls are logged too (curation counts them); a store outage must not mask the upstream error."""
-    row = _row(call, route, InteractionStatus.upstream_error, error.status, error=error.detail.message)
-    _count(gw, call, route, error.status)
+    row = call_row(call, route, InteractionStatus.upstream_error, error.status, error=error.detail.message)
+    count_call(gw, call, route, error.status)
     try:
         await gw.interaction_log.write(row)
     except (StoreUnavailable, RowRejected) as exc:
         log.error("failed interaction %s not logged: %s", call.request_id, exc)
-
-
-def _count(gw: Gateway, call: Call, route: Route, status: int) -> None:
-    gw.metrics.requests.labels(call.endpoint, route.version, str(status)).inc()
-    gw.metrics.latency.labels(call.endpoint).observe(time.perf_counter() - call.started)

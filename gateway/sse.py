@@ -1,7 +1,8 @@
 """Server-sent events from an OpenAI-compatible upstream: split into events, and keep what the log needs.
 
 Events are forwarded as soon as they are complete (the unit a client can use); the accumulator reads each
-one on the way past to build the logged answer, finish reason and usage.
+one on the way past to build the logged answer, finish reason and usage. The upstream's `[DONE]` is held back:
+the relay sends its own once the answer's final row is logged (gateway.streaming).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class StreamAccumulator:
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 self.saw_done = True
-                continue
+                return False
             try:
                 data = orjson.loads(payload)
             except orjson.JSONDecodeError:

@@ -28,6 +28,7 @@ class UpstreamState:
     # model "held...": the answer waits until the test sets `release` (a thread event: the test runs elsewhere)
     release: threading.Event = field(default_factory=threading.Event)
     held: int = 0
+    paused: int = 0  # model "pause...": streams its first chunk, then waits for `release` too
 
 
 def completion_body(request_id: str, model: str, text: str, chat: bool = True) -> dict:
@@ -80,6 +81,9 @@ def make_fake_upstream(state: UpstreamState, words: int = 5, gap_s: float = 0.0)
                     if model.startswith("stall") and i == 2:
                         await asyncio.sleep(30)
                     yield chunk(request_id, model, f"w{i} ")
+                    if model.startswith("pause") and i == 0:  # the rest waits for the test's `release`
+                        state.paused += 1
+                        await asyncio.to_thread(state.release.wait, 30)
                     if delay:
                         await asyncio.sleep(delay)
                 yield chunk(request_id, model, None, "stop")

@@ -16,7 +16,7 @@ from core.api_keys import Scope, create_key
 from core.db import make_engine
 from core.settings import Settings
 from deploy.vllm import free_port
-from feedback.models import Interaction
+from feedback.models import Interaction, InteractionStatus
 from gateway.app import create_app
 from tests.servers import serve
 
@@ -48,11 +48,12 @@ class RunningGateway:
             return session.exec(select(func.count()).select_from(Interaction)).one()
 
     def wait_for_row(self, response_id: str, timeout_s: float = 10.0) -> Interaction:
-        """A streamed row is written when the stream ends, just after the client saw [DONE]."""
+        """A streamed row is final once the stream ended (it is `in_progress` from its first byte until then; a
+        client that left mid-stream does not wait for it)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for row in self.rows():
-                if response_id in (row.response_id, row.id):
+                if response_id in (row.response_id, row.id) and row.status != InteractionStatus.in_progress:
                     return row
             time.sleep(0.05)
         raise AssertionError(f"no interaction row for {response_id}")
@@ -61,7 +62,7 @@ class RunningGateway:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             rows = self.rows()
-            if len(rows) >= n:
+            if len(rows) >= n and all(row.status != InteractionStatus.in_progress for row in rows):
                 return rows
             time.sleep(0.05)
         raise AssertionError(f"expected {n} interaction rows, found {len(self.rows())}")
