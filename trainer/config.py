@@ -169,6 +169,21 @@ class TrainConfig:
             "Resume from the last checkpoint of an interrupted run with the same config and dataset."
         ),
     )
+    processes: int = field(
+        default=1,
+        metadata=_meta(
+            "Training processes on this machine, one per GPU (DDP through `accelerate launch`: NCCL on GPUs, gloo "
+            "on CPU). The effective batch is processes x batch_size x grad_accumulation. Above 1 the run needs "
+            "trainer.launch.train_in_subprocess (`tuneloop train --processes N`, the cycle)."
+        ),
+    )
+    accelerate_config: str = field(
+        default="",
+        metadata=_meta(
+            "An accelerate config file (FSDP, DeepSpeed: see trainer/accelerate/) passed to `accelerate launch "
+            "--config_file`; empty: plain DDP when processes > 1."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -227,6 +242,10 @@ class TrainConfig:
         for name in ("weight_decay", "seed", "save_steps", "max_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0 (got {getattr(self, name)})")
+        if self.processes < 1:
+            raise ConfigError("processes", f"must be >= 1 (got {self.processes})")
+        if self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
+            raise ConfigError("accelerate_config", f"file not found: {self.accelerate_config}")
 
     def _check_lists(self) -> None:
         if not self.target_modules or not all(m.strip() for m in self.target_modules):

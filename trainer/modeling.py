@@ -44,7 +44,8 @@ def load_base_model(path: str | Path, *, device: str, quantization: str, compute
     kwargs: dict[str, Any] = {"dtype": DTYPES[compute_dtype], "attn_implementation": "sdpa"}
     if quantization == "nf4":
         kwargs["quantization_config"] = bnb_quantization_config(compute_dtype)
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        # Under `accelerate launch` each rank loads onto its own GPU (TRL's idiom for QLoRA with DDP); alone, GPU 0.
+        kwargs["device_map"] = {"": _local_gpu() if device == "cuda" else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if quantization != "nf4":
         model.to(device)
@@ -95,3 +96,9 @@ def unguarded_4bit_layers(model: torch.nn.Module) -> list[str]:
 
 def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _local_gpu() -> int:
+    from accelerate import PartialState
+
+    return PartialState().local_process_index

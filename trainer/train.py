@@ -22,8 +22,9 @@ from core.clock import utcnow
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DatasetVersion, load_dataset_version, read_manifest, read_split
 from trainer.defaults import Resolved, detect_environment, preference_learning_rate, resolve, shape_from_config
+from trainer.distributed import join_ranks
 from trainer.methods import MethodPlan, ViewSizes, plan_method
-from trainer.rundir import PartialRun, open_partial, publish, run_key
+from trainer.rundir import PartialRun, publish, run_key
 
 ADAPTER_DIRNAME = "adapter"
 
@@ -189,7 +190,12 @@ def _to_hf_dataset(examples: list[list[dict[str, str]]], assistant_masks: bool) 
 
 
 def _save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path, base_model: str) -> None:
-    trainer.model.save_pretrained(str(adapter_dir))
+    """Called on every rank: under FSDP or DeepSpeed ZeRO-3 all ranks gather the adapter's shards
+    (Trainer.save_model); rank 0 alone writes, once."""
+    trainer.save_model(str(adapter_dir))
+    if not trainer.is_world_process_zero():
+        return
+    (adapter_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle of the arguments; run.json has them
     tokenizer.save_pretrained(str(adapter_dir))
     # vLLM and merge_adapter load the base from here: keep the absolute path we trained on.
     config_path = adapter_dir / "adapter_config.json"
@@ -216,16 +222,26 @@ def train(
     progress: bool = True,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Fine-tune `config.base_model` on the dataset version at `dataset_dir` and publish the run."""
+    """Fine-tune `config.base_model` on the dataset version at `dataset_dir` and publish the run.
+
+    With `config.processes` > 1 this is one rank of `accelerate launch` (trainer/launch.py): every rank returns
+    the run rank 0 published."""
     wall_start = time.perf_counter()
     decided = plan(config, dataset_dir)
     root = runs_root(config)
     key = run_key(config.to_dict(), {**decided.resolved.to_dict(), "method": decided.method.to_dict()},
                   decided.dataset.identity(), decided.base_model)
-    with open_partial(root, key, resume=config.resume) as partial:
-        metadata = _train_in(partial, config, decided, progress, callbacks)
-        metadata.update(key=key, wall_seconds=round(time.perf_counter() - wall_start, 3))
-        run_dir = publish(partial, root, metadata)
+    ranks = join_ranks(config.processes, decided.resolved.device)
+    run_dir: Path | None = None
+    with ranks.partial_run(root, key, resume=config.resume) as partial:
+        metadata = _train_in(partial, config, decided, progress and ranks.is_main, callbacks)
+        if ranks.is_main:
+            resolved = decided.resolved
+            metadata.update(key=key, world_size=ranks.count, wall_seconds=round(time.perf_counter() - wall_start, 3),
+                            effective_batch_size=ranks.count * resolved.batch_size * resolved.grad_accumulation)
+            run_dir = publish(partial, root, metadata)
+    run_dir = ranks.share(run_dir)
+    assert run_dir is not None
     metadata = json.loads((run_dir / "run.json").read_text())
     return TrainResult(run_dir.name, run_dir, run_dir / ADAPTER_DIRNAME, metadata)
 

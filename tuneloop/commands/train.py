@@ -12,7 +12,9 @@ console = Console()
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error[/]: {message}")
+    from rich.markup import escape
+
+    console.print(f"[red]error[/]: {escape(message)}")  # a child's log lines hold brackets ([rank0]: ...)
     raise typer.Exit(code)
 
 
@@ -27,19 +29,25 @@ def train_command(
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainConfig fields."),
     overrides: list[str] | None = typer.Option(None, "--set", help="Override a field: key=value (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    processes: int | None = typer.Option(
+        None, "--processes", help="Train in N processes (accelerate launch: one per GPU, gloo on CPU); the effective "
+                                  "batch is N x batch_size x grad_accumulation. Sets the config's `processes`."),
 ) -> None:
     """Fine-tune the base model on a dataset version (QLoRA on CUDA, LoRA on CPU) and publish the run."""
     import dataclasses
 
+    from core.clock import utcnow
     from core.settings import load_settings
     from trainer.config import ConfigError, load_train_config
     from trainer.data import DatasetError, resolve_dataset_dir
+    from trainer.launch import TrainingProcessError, train_in_subprocess, uses_launcher
     from trainer.rundir import RunInProgressError
     from trainer.train import plan, train
 
     try:
         settings = load_settings()
-        train_config = load_train_config(config, overrides or [])
+        extra = [f"processes={processes}"] if processes is not None else []  # the option wins over file and --set
+        train_config = load_train_config(config, [*(overrides or []), *extra])
         dataset_dir = resolve_dataset_dir(dataset, settings.home)
         train_config = dataclasses.replace(  # the settings fill what the file and --set leave empty
             train_config, base_model=train_config.base_model or settings.resolved_base_model,
@@ -55,8 +63,14 @@ def train_command(
         f"lr {resolved.learning_rate:g}, {resolved.epochs:g} epochs"
     )
     try:
-        result = train(train_config, dataset_dir, progress=not quiet)
-    except RunInProgressError as err:
+        if uses_launcher(train_config):  # the ranks run under `accelerate launch`; a single process stays here
+            log_path = settings.home / "logs" / f"train-{utcnow():%Y%m%d-%H%M%S}-{version.id}.log"
+            count = train_config.processes
+            console.print(f"{count} process{'es' if count > 1 else ''} through accelerate launch; log: {log_path}")
+            result = train_in_subprocess(train_config, dataset_dir, timeout_s=None, log_path=log_path)
+        else:
+            result = train(train_config, dataset_dir, progress=not quiet)
+    except (RunInProgressError, TrainingProcessError) as err:
         _fail(str(err), code=1)
     meta = result.metadata
     table = Table("train loss", "eval loss", "steps", "tokens/s", "peak memory", "wall", title=result.run_id)
