@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,13 +25,16 @@ from gateway.serving import Gateway, new_request_id
 from gateway.upstream import UpstreamClient
 
 
-def create_app(settings: Settings, router: Router | None = None) -> FastAPI:
-    """The app for these settings; callers load them (library code never reads the environment itself)."""
+def create_app(settings: Settings, router: Router | None = None, metrics_dir: Path | None = None) -> FastAPI:
+    """The app for these settings; callers load them (library code never reads the environment itself).
+
+    `metrics_dir`: this is one of several gateway processes, whose metrics meet in that directory
+    (`gateway.metrics`); the caller started prometheus_client on it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.resolved_database_url)
-        metrics = GatewayMetrics()
+        metrics = GatewayMetrics(multiprocess_dir=metrics_dir)
         interaction_log = InteractionLog(
             engine,
             max_batch=settings.log_writer.max_batch,
@@ -39,6 +45,8 @@ def create_app(settings: Settings, router: Router | None = None) -> FastAPI:
         timeouts = settings.timeouts
         client = UpstreamClient(connect_timeout=timeouts.connect, max_connections=1000, max_idle=200)
         await interaction_log.start()
+        # A scrape sets the queue depth of the process it reaches; the other processes' must be fresh on their own
+        depth_refresh = asyncio.create_task(_refresh_queue_depth(metrics, interaction_log)) if metrics_dir else None
         app.state.gateway = Gateway(
             settings=settings,
             engine=engine,
@@ -55,6 +63,10 @@ def create_app(settings: Settings, router: Router | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if depth_refresh is not None:
+                depth_refresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await depth_refresh
             await interaction_log.stop()
             await client.aclose()
             await app.state.gateway.limiter.close()
@@ -68,6 +80,12 @@ def create_app(settings: Settings, router: Router | None = None) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(ops.router)
     return app
+
+
+async def _refresh_queue_depth(metrics: GatewayMetrics, interaction_log: InteractionLog, every_s: float = 1.0) -> None:
+    while True:
+        metrics.log_queue_depth.set(interaction_log.depth)
+        await asyncio.sleep(every_s)
 
 
 class RequestContext:

@@ -4,11 +4,13 @@ each worker reads the settings and builds its app here, at the composition root.
 from __future__ import annotations
 
 import gc
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from core.settings import Settings, load_settings
 
-from core.settings import load_settings
-from gateway.app import create_app
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 # Python collects its youngest generation every 700 net allocations of container objects. Every request in flight
 # keeps its ASGI stack (middleware, routing, handler frames) alive while it waits for its upstream, and at
@@ -25,6 +27,17 @@ def tune_gc_for_serving() -> None:
         gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
 
 
+def gateway_metrics_dir(settings: Settings) -> Path:
+    """Where the processes of `tuneloop serve --workers N` (N > 1) keep their metric files (gateway.metrics)."""
+    return (settings.home / "metrics").resolve()
+
+
 def gateway_app() -> FastAPI:
+    # Imported here, not above: `tuneloop serve`'s supervising process imports this module for the metrics
+    # directory alone and need not carry the app's imports.
+    from gateway.app import create_app
+    from gateway.metrics import values_in_files
+
     tune_gc_for_serving()
-    return create_app(load_settings())
+    settings = load_settings()
+    return create_app(settings, metrics_dir=gateway_metrics_dir(settings) if values_in_files() else None)
