@@ -6,13 +6,16 @@ cut. PostgreSQL is reached through psycopg 3 for several gateway processes on on
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
@@ -23,6 +26,12 @@ Db = Engine | Session
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# pg_advisory_lock key of schema migrations ("tuneloop" as a number); every process that migrates takes it.
+MIGRATION_LOCK_KEY = 0x74756E656C6F6F70
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not the one this code needs; the message says which command fixes it."""
 
 
 def normalise_url(url: str) -> str:
@@ -64,8 +73,81 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str, revision: str = "head") -> None:
-    """Apply the explicit migrations in core/migrations/versions up to `revision`."""
-    command.upgrade(alembic_config(url), revision)
+    """Apply the explicit migrations in core/migrations/versions up to `revision`, under the migration lock
+    (several processes starting at once: one migrates, the others wait and find the schema at head). A
+    database already at a revision this code does not know (a newer release migrated it) is refused."""
+    with migration_lock(url):
+        _refuse_newer(url, current_revision(url))
+        command.upgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    """The database's schema revision; None when it has none yet (never migrated)."""
+    engine = create_engine(normalise_url(url))
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def check_schema(url: str) -> None:
+    """Refuse a database whose schema is missing, older or newer than this code's; never changes it."""
+    current = current_revision(url)
+    _refuse_newer(url, current)
+    head = head_revision()
+    if current is None:
+        raise SchemaError(f"database {_shown(url)} has no tuneloop schema yet: run `tuneloop migrate`")
+    if current != head:
+        raise SchemaError(f"database {_shown(url)} is at schema revision {current}, this code needs {head}: "
+                          "run `tuneloop migrate`")
+
+
+def _refuse_newer(url: str, current: str | None) -> None:
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaError(f"database {_shown(url)} is at schema revision {current}, newer than this code knows "
+                          f"(head {head_revision()}): upgrade tuneloop on this machine; never run older code on it")
+
+
+def _shown(url: str) -> str:
+    return make_url(normalise_url(url)).render_as_string(hide_password=True)
+
+
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Exclusive while migrating: a PostgreSQL advisory lock (held by a session of its own), or on SQLite an
+    flock on a file beside the database (SQLite's own lock cannot span alembic's several transactions)."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if not path or path == ":memory:":
+            yield
+            return
+        lock_path = Path(path).with_name(Path(path).name + ".migrate-lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+            yield
+        return
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -107,6 +107,23 @@ class CycleSettings(BaseModel):
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy, description="When a canary is promoted or rolled back.")
     gate: GatePolicy = Field(default_factory=GatePolicy, description="What a candidate must pass to reach canary.")
     lease_ttl_s: float = Field(300.0, gt=0, description="A cycle's lease without heartbeat expires after this.")
+    train_timeout_s: float = Field(
+        6 * 3600.0, gt=0, description="A training run (its own process) is killed after this long; the cycle fails.")
+    merge_timeout_s: float = Field(
+        3600.0, gt=0, description="A merge (its own process) is killed after this long; the cycle fails.")
+
+
+class WorkerSettings(BaseModel):
+    """The worker process (`tuneloop worker`): the scheduler, the cycle and the vLLM servers it starts."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
+
+    leader_ttl_s: float = Field(
+        30.0, gt=0, description="The scheduler leader's lease: a standby worker takes over this long after the "
+                                "leader's last heartbeat (heartbeats every third of it).")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="The worker's own /metrics; 0: not served.")
+    supervise_s: float = Field(
+        15.0, gt=0, description="How often the leader checks the vLLM servers of its machine and restarts dead ones.")
 
 
 class Settings(BaseSettings):
@@ -131,9 +148,16 @@ class Settings(BaseSettings):
     log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
     cycle: CycleSettings = Field(default_factory=CycleSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     routing_cache_s: float = Field(2.0, ge=0, description="How long a gateway trusts its routing table.")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the gateway listens on.")
+    vllm_host: str = Field(
+        "127.0.0.1", description="Address the vLLM servers started here listen on (0.0.0.0 when gateways on other "
+                                 "machines route to them).")
+    advertised_host: str = Field(
+        "", description="Host name or address gateways on other machines reach this machine's vLLM servers at "
+                        "(recorded in each deployment's URL); empty: vllm_host (one machine).")
     vllm_python: str = Field("", description="Python of the vLLM environment; empty: .venv-vllm/bin/python.")
     base_model: str = Field(
         "", description="Base model path or HF id; empty: SmolLM2-135M-Instruct, converted once from its PyPI "

@@ -9,8 +9,6 @@ is recorded as skipped), heartbeats it while steps run, records a row per step w
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import traceback
 import uuid
@@ -35,6 +33,7 @@ from deploy.cycle_runs import (
     unfinished_runs,
     update_run,
 )
+from deploy.cycle_runs import make_holder as lease_holder
 
 log = logging.getLogger("tuneloop.cycle")
 
@@ -104,7 +103,7 @@ Cleanup = Callable[[Engine, CycleRunPublic], None]
 
 
 def make_holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return lease_holder("cycle-" + uuid.uuid4().hex[:8])
 
 
 def run_cycle(
@@ -164,8 +163,9 @@ def _run_steps(context: CycleContext, steps: list[Step], cleanup: Cleanup | None
     update_run(engine, context.run_id, status=RunStatus.succeeded, finished_at=utcnow())
 
 
-def abandon_dead_runs(engine: Engine, alias: str, cleanup: Cleanup | None) -> list[int]:
-    """Runs still marked running while we hold the lease belong to a process that died: clean them up."""
+def abandon_dead_runs(engine: Engine, alias: str | None, cleanup: Cleanup | None) -> list[int]:
+    """Runs still marked running while we hold the lease belong to a process that died: clean them up (those
+    of `alias`, or of every alias)."""
     abandoned = []
     for run in unfinished_runs(engine, alias):
         assert run.id is not None

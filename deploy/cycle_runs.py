@@ -1,14 +1,19 @@
 """Run history of the improvement cycle (a row per cycle and per step) and the cross-process lease.
 
-The lease is one row per name with an expiry: only its holder may run a cycle, a heartbeat extends it, and a
-holder that died simply lets it expire. Taking it is one transaction (row lock on PostgreSQL, BEGIN IMMEDIATE
-on SQLite), so two schedulers on two machines never both win.
+The lease is one row per name with an expiry: only its holder may run a cycle (or lead the workers), a
+heartbeat extends it, and a holder that died lets it expire - or frees it at once when the taker runs on the
+same machine and sees the holder's process gone (a worker restarted after kill -9 need not wait out the
+TTL). Taking it is one transaction (row lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so two schedulers on
+two machines never both win.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Column, Engine, String, Text
@@ -85,12 +90,41 @@ class CycleStepPublic(CycleStepBase):
 CycleRunPublic.model_rebuild()
 
 
+def make_holder(tag: str) -> str:
+    """A lease holder's name: machine, process and a random tag (a reused pid is not the same holder)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{tag}"
+
+
+def holder_died_here(holder: str) -> bool:
+    """The holder was a process on this machine that no longer exists: its lease need not run out. A pid that
+    is alive (perhaps reused) or a holder on another machine is never presumed dead; those leases expire."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def acquire_lease(engine: Engine, name: str, holder: str, ttl_s: float) -> bool:
-    """Take the lease if it is free, expired, or already ours; False when someone else holds it."""
+    """Take the lease if it is free, expired, ours, or held by a process of this machine that died; False
+    when someone else holds it."""
     now = utcnow()
     with Session(engine) as session:
         row = session.exec(select(Lease).where(Lease.name == name).with_for_update()).first()
-        if row is not None and row.holder != holder and row.expires_at > now:
+        if row is not None and row.holder != holder and row.expires_at > now and not holder_died_here(row.holder):
             return False
         if row is None:
             row = Lease(name=name, holder=holder, expires_at=now + timedelta(seconds=ttl_s))
@@ -205,7 +239,10 @@ def get_run(engine: Engine, run_id: int) -> CycleRunPublic | None:
         return public
 
 
-def unfinished_runs(engine: Engine, alias: str) -> list[CycleRun]:
+def unfinished_runs(engine: Engine, alias: str | None) -> list[CycleRun]:
+    """Runs still marked running, of one alias or (None) of all."""
     with Session(engine, expire_on_commit=False) as session:
-        statement = select(CycleRun).where(CycleRun.alias == alias, CycleRun.status == RunStatus.running)
+        statement = select(CycleRun).where(CycleRun.status == RunStatus.running)
+        if alias is not None:
+            statement = statement.where(CycleRun.alias == alias)
         return list(session.exec(statement))

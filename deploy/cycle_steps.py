@@ -23,8 +23,8 @@ from deploy.canary import start as start_canary
 from deploy.cycle import CycleContext, SkipCycle, Step
 from deploy.cycle_runs import CycleRunPublic
 from deploy.launcher import Launcher
-from feedback.curate import curate
-from feedback.datasets import get_dataset, latest_dataset
+from feedback.curate import ALL_HISTORY, curate
+from feedback.datasets import get_dataset
 from feedback.policy import CurationPolicy
 from registry import store
 from registry.errors import UnknownVersion
@@ -67,10 +67,16 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
     engine = launcher.engine
 
     def curate_step(ctx: CycleContext) -> dict[str, Any]:
-        previous = latest_dataset(engine, policy.alias)
-        result = curate(engine, settings, CurationPolicy(**policy.curation), policy.alias)
+        # The window starts where the last dataset a version was trained on ended, not where the last dataset
+        # ended: a cycle that died or failed after curating (a killed worker, a training run out of memory)
+        # trained nothing, and its examples must reach the next cycle rather than be skipped as already seen.
+        trained = _trained_datasets(engine, policy.alias)
+        previous = trained[-1] if trained else None
+        since = previous.window_end if previous is not None and previous.window_end is not None else ALL_HISTORY
+        result = curate(engine, settings, CurationPolicy(**policy.curation), policy.alias, since=since,
+                        earlier=trained)
         if result.dataset_id is None:
-            raise SkipCycle("no new examples since the last dataset")
+            raise SkipCycle("no new examples since the last dataset a version was trained on")
         dataset = get_dataset(engine, result.dataset_id)
         if previous is not None and previous.sha256 == dataset.sha256:
             raise SkipCycle(f"dataset unchanged ({dataset.id})")
@@ -84,13 +90,16 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
 
     def train_step(ctx: CycleContext) -> dict[str, Any]:
         from trainer.config import from_mapping
-        from trainer.train import train
+        from trainer.launch import train_in_subprocess
 
         production = _production(engine, policy.alias)
         base = production.merged_path or production.base_model
         config = from_mapping({"base_model": base, "output_dir": str(settings.home / "runs"),
                                **policy.train_overrides})
-        result = train(config, ctx.values["dataset_path"], progress=False)
+        # A process of its own: the worker's memory is not the run's, and a hung run is stopped at the limit
+        # (TrainingProcessError fails the step with the log's last lines).
+        result = train_in_subprocess(config, ctx.values["dataset_path"], timeout_s=settings.cycle.train_timeout_s,
+                                     log_path=settings.home / "logs" / f"train-{ctx.run_id}.log")
         ctx.remember(run_dir=str(result.run_dir), adapter_dir=str(result.adapter_dir), parent_id=production.id)
         return {"run_id": result.run_id, "final_train_loss": result.final_train_loss,
                 "final_eval_loss": result.final_eval_loss,
@@ -100,11 +109,12 @@ def build_steps(settings: Settings, launcher: Launcher, policy: CyclePolicy, jud
     def merge_step(ctx: CycleContext) -> dict[str, Any]:
         if not policy.merge:
             return {"merged": False}
-        from trainer.merge import merge_adapter
+        from trainer.launch import merge_in_subprocess
 
         out = settings.home / "models" / f"{policy.alias}-{Path(ctx.values['run_dir']).name}-merged"
         if not out.exists():
-            merge_adapter(ctx.values["run_dir"], out)
+            merge_in_subprocess(ctx.values["run_dir"], out, timeout_s=settings.cycle.merge_timeout_s,
+                                log_path=settings.home / "logs" / f"merge-{ctx.run_id}.log")
         ctx.remember(merged_path=str(out))
         return {"merged_path": str(out)}
 
@@ -180,6 +190,7 @@ def cleanup_run(launcher: Launcher) -> Any:
             return
         if version.status == VersionStatus.candidate:
             launcher.stop(version_id, f"cycle run {run.id} did not finish")
+            launcher.stop_strays(version_id)  # a server its dead worker was still starting
             if version.gate_passed is None:
                 store.reject(engine, version_id, "cycle", f"cycle run {run.id} died before its gate")
 
@@ -196,6 +207,13 @@ def _method_for(dataset: Any, policy: CyclePolicy) -> tuple[str, str]:
                              ViewSizes.from_counts(dataset.counts, dataset.n_train))
     except ConfigError as exc:
         raise SkipCycle(str(exc)) from None
+
+
+def _trained_datasets(engine: Engine, alias: str) -> list[Any]:
+    """The datasets versions of `alias` were trained on (gated or not), oldest first."""
+    ids = [v.dataset_version_id for v in store.list_versions(engine, alias) if v.dataset_version_id]
+    found = (get_dataset(engine, dataset_id) for dataset_id in dict.fromkeys(ids))
+    return [dataset for dataset in found if dataset is not None]
 
 
 def _view_sizes(dataset: Any) -> dict[str, dict[str, int]]:

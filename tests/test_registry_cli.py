@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from core.db import make_engine
+from core.db import make_engine, migrate
 from registry import store
 from registry.models import ModelVersionCreate
 from tuneloop.cli import app
@@ -19,6 +19,7 @@ PASSED = {"passed": True, "reasons": ["ok: mean score 4.60 vs minimum 4.00"], "f
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps tables to the terminal width
+    migrate(f"sqlite:///{(tmp_path / 'home' / 'tuneloop.db').resolve()}")  # `tuneloop migrate`, as a user would
     return tmp_path / "home"
 
 

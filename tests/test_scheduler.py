@@ -10,7 +10,6 @@ from core.settings import Settings
 from deploy.scheduler import (
     CYCLE_JOB_PREFIX,
     WATCH_JOB_PREFIX,
-    JobContext,
     ScheduleError,
     canary_step_now,
     parse_cron,
@@ -22,6 +21,7 @@ from deploy.scheduler import (
 from registry.reference_judge import ReferenceJudge
 from registry.store import register_base
 from tuneloop.cli import app
+from tuneloop.compose import job_context
 
 
 @pytest.fixture
@@ -52,8 +52,8 @@ def test_set_and_show_schedule(settings):
 
 def test_running_scheduler_keeps_a_set_schedule_and_watches_canaries(settings):
     set_schedule(settings, "demo", "30 1 * * *")
-    scheduler = start_scheduler(JobContext(settings.model_copy(update={"cycle": settings.cycle.model_copy(
-        update={"aliases": ["demo"], "cron": "0 3 * * *", "canary_watch_s": 3600})}), ReferenceJudge()))
+    scheduler = start_scheduler(job_context(settings.model_copy(update={"cycle": settings.cycle.model_copy(
+        update={"aliases": ["demo"], "cron": "0 3 * * *", "canary_watch_s": 3600})}), judge=ReferenceJudge()))
     try:
         jobs = {job.id: job for job in scheduler.get_jobs()}
         assert set(jobs) == {CYCLE_JOB_PREFIX + "demo", WATCH_JOB_PREFIX + "demo"}
@@ -76,7 +76,7 @@ def test_cli_refuses_bad_schedules_without_a_traceback(settings, monkeypatch):
 
 
 def test_the_jobs_run_with_the_context_their_process_built(settings, demo_model_dir):
-    context = JobContext(settings.model_copy(update={"base_model": str(demo_model_dir)}), ReferenceJudge())
+    context = job_context(settings.model_copy(update={"base_model": str(demo_model_dir)}), judge=ReferenceJudge())
     watched = canary_step_now(context, "demo")
     assert watched["action"] == "wait" and watched["reasons"] == ["no canary running"]
     cycle = run_cycle_now(context, "demo", trigger="manual")

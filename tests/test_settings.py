@@ -55,6 +55,7 @@ def test_bad_cycle_policies_name_their_variable_when_the_settings_load(monkeypat
 def test_a_bad_cycle_train_field_stops_a_process_at_start(monkeypatch, tmp_path) -> None:
     from typer.testing import CliRunner
 
+    from core.db import migrate
     from tuneloop.cli import app
     from tuneloop.compose import job_context
 
@@ -66,6 +67,7 @@ def test_a_bad_cycle_train_field_stops_a_process_at_start(monkeypatch, tmp_path)
     assert refused.exit_code != 0 and isinstance(refused.exception, SettingsError)
     assert not (tmp_path / "datasets").exists()  # refused before curation
     monkeypatch.setenv("TUNELOOP_CYCLE__TRAIN", '{"learning_rate": 0.001}')
+    migrate(load_settings().resolved_database_url)
     assert job_context(load_settings()).settings.cycle.train == {"learning_rate": 0.001}
 
 

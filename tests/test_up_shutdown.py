@@ -1,8 +1,10 @@
-"""`tuneloop up` stopped the way process managers stop it (SIGTERM) leaves no vLLM server behind."""
+"""`tuneloop up` stopped the way process managers stop it (SIGTERM) leaves no process behind: neither its gateway
+and worker processes nor the vLLM servers the worker started."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,9 +43,9 @@ def test_sigterm_stops_the_vllm_servers_it_started(tmp_path: Path, demo_model_di
     seen = []
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:  # up prints its scheduled jobs once vLLM is healthy, just before serving
+        for line in proc.stdout:  # up prints its banner once vLLM and the gateway answer
             seen.append(line)
-            if line.startswith("scheduled: improvement cycle"):
+            if line.startswith("gateway pid"):
                 break
         else:
             pytest.fail("tuneloop up exited before serving:\n" + "".join(seen[-30:]))
@@ -53,6 +55,9 @@ def test_sigterm_stops_the_vllm_servers_it_started(tmp_path: Path, demo_model_di
             running = session.exec(select(Deployment).where(Deployment.status == "running")).all()
         pids = [d.pid for d in running if d.pid]
         assert pids and all(_alive(pid) for pid in pids)  # the control: a live server to stop
+        assert any(line.startswith("scheduled: improvement cycle") for line in seen)  # the worker leads
+        children = [int(pid) for pid in re.findall(r"pid (\d+)", seen[-1])]  # the gateway's and the worker's
+        assert len(children) == 2 and all(_alive(pid) for pid in children)
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
     finally:
@@ -62,4 +67,4 @@ def test_sigterm_stops_the_vllm_servers_it_started(tmp_path: Path, demo_model_di
     with Session(engine) as session:
         statuses = [d.status for d in session.exec(select(Deployment)).all()]
     assert statuses and set(statuses) == {"stopped"}
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(_alive(pid) for pid in pids + children)

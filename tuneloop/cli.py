@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import _thread
-import signal
-import sys
-import threading
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.db import make_engine, migrate
+from core.db import SchemaError, migrate
 from core.settings import SettingsError, load_settings
 from trainer.real_model import RealModelError
+from tuneloop.compose import open_store
 
 app = typer.Typer(help="Make a served LLM get better from its own traffic.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored as SHA-256 hashes).", no_args_is_help=True)
@@ -28,6 +25,7 @@ from tuneloop.commands.cycle import cycle_app, schedule_app  # noqa: E402
 from tuneloop.commands.deploy import canary_app, deploy_app  # noqa: E402
 from tuneloop.commands.models import eval_command, models_app  # noqa: E402
 from tuneloop.commands.train import merge_command, train_command  # noqa: E402
+from tuneloop.commands.worker import worker_command  # noqa: E402
 
 app.command("curate")(curate_command)
 app.add_typer(canary_app, name="canary")
@@ -47,63 +45,58 @@ def serve_command(
     workers: int = typer.Option(1, min=1, help="Gateway processes (stateless; they share the store)."),
 ) -> None:
     """Run the gateway alone, routing to the upstreams in the settings."""
+    import os
+    import shutil
+    import sys
+
     import uvicorn
 
+    from tuneloop.asgi import gateway_metrics_dir
+
     settings = load_settings()
-    migrate(settings.resolved_database_url)
-    uvicorn.run("tuneloop.asgi:gateway_app", factory=True, host=settings.host, port=settings.port, workers=workers,
-                log_level="warning")
+    migrate(settings.resolved_database_url)  # on purpose, under the migration lock
+    if workers > 1:
+        # One scrape for all processes: prometheus_client's multiprocess mode. The variable reaches the workers
+        # uvicorn spawns (fresh interpreters) before they import prometheus_client; the directory starts empty,
+        # or a previous run's counters would be added to this one's.
+        metrics_dir = gateway_metrics_dir(settings)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        # uvicorn's workers are spawned: each re-imports the parent's main module before it answers the
+        # supervisor's 5 s health check, and one that misses it is killed and replaced. Ours is this whole CLI
+        # (~200 MB, 4 s to import on a busy 2-core machine, two at once): workers were replaced for ever (seen).
+        # As `python -m uvicorn` (same pid, same signals) they import only the app (~90 MB, under 2 s).
+        os.execv(sys.executable, [sys.executable, "-m", "uvicorn", "tuneloop.asgi:gateway_app", "--factory",
+                                  "--host", settings.host, "--port", str(settings.port), "--workers", str(workers),
+                                  "--log-level", "warning", "--timeout-worker-healthcheck", "60"])
+    uvicorn.run("tuneloop.asgi:gateway_app", factory=True, host=settings.host, port=settings.port, log_level="warning")
 
 
 @app.command("up")
 def up_command() -> None:
-    """Bring up the whole system on the embedded default: SmolLM2-135M-Instruct on real vLLM, gateway, scheduler."""
-    import uvicorn
+    """Bring up the whole system on the embedded default: SmolLM2-135M-Instruct on real vLLM, served by the
+    gateway (`tuneloop serve`), improved by the worker (`tuneloop worker`), each its own process."""
+    from deploy.quickstart import DEFAULT_ALIAS, prepare, usage_text
+    from tuneloop.compose import check_cycle_train
+    from tuneloop.processes import UpError, run_up
 
-    from deploy.quickstart import bring_up, quickstart_launcher, usage_text
-    from deploy.scheduler import start_scheduler
-    from gateway.app import create_app
-    from tuneloop.asgi import tune_gc_for_serving
-    from tuneloop.compose import job_context
-
-    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that ends the process
-    # before `finally` runs and the vLLM servers outlive it (seen). Turned into SystemExit, the cleanup runs. It is
-    # installed first: a SIGTERM that came between the banner and a later install left vLLM running (seen in CI).
-    # A SystemExit raised while a gc callback runs is printed and dropped ("Exception ignored in ...", seen in
-    # CI), so until the cleanup has begun a watchdog delivers the signal again.
-    stopping, cleaning = threading.Event(), threading.Event()
-
-    def on_sigterm(*_: object) -> None:
-        stopping.set()
-        sys.exit(143)
-
-    def redeliver() -> None:
-        stopping.wait()
-        while not cleaning.wait(1.0):
-            _thread.interrupt_main(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    threading.Thread(target=redeliver, name="sigterm-redeliver", daemon=True).start()
     settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    migrate(settings.resolved_database_url)
-    context = job_context(settings)  # a bad cycle setting stops here, before vLLM starts
-    launcher = quickstart_launcher(settings)
-    scheduler = None
+    migrate(settings.resolved_database_url)  # on purpose, under the migration lock
+    check_cycle_train(settings)  # a bad cycle setting stops here, before any process starts
+    engine = open_store(settings)
+    app_key = prepare(settings, engine, console, DEFAULT_ALIAS)
+    banner = usage_text(f"http://{settings.host}:{settings.port}", app_key)
     try:
-        quick = bring_up(settings, console, launcher)
-        scheduler = start_scheduler(context)
-        base_url = f"http://{settings.host}:{settings.port}"
-        console.print(usage_text(base_url, quick.app_key), soft_wrap=True, markup=False, highlight=False)
-        for job in scheduler.get_jobs():
-            console.print(f"scheduled: {job.name} (next run {job.next_run_time})")
-        tune_gc_for_serving()
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
-    finally:
-        cleaning.set()
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
-        launcher.stop_all("tuneloop up stopped")
+        code = run_up(settings, engine, DEFAULT_ALIAS, banner, console)
+    except UpError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+app.command("worker")(worker_command)
 
 
 @app.command("demo")
@@ -135,7 +128,7 @@ def demo_command(
     try:
         report = run_demo(settings, console, day)
     finally:
-        Launcher.for_settings(make_engine(settings.resolved_database_url), settings).stop_all("demo finished")
+        Launcher.for_settings(open_store(settings), settings).stop_all("demo finished")
     console.print(report.table())
     for line in report.gate_lines():
         console.print(line, highlight=False, markup=False)
@@ -150,7 +143,7 @@ def demo_command(
 def migrate_command() -> None:
     """Create or upgrade the database schema (explicit migrations)."""
     settings = load_settings()
-    migrate(settings.resolved_database_url)
+    migrate(settings.resolved_database_url)  # on purpose, under the migration lock
     console.print(f"[green]database at head[/]: {settings.resolved_database_url}")
 
 
@@ -202,8 +195,7 @@ def keys_create(
     except ValueError:
         raise typer.BadParameter(f"scope must be one of: {', '.join(s.value for s in Scope)}") from None
     settings = load_settings()
-    migrate(settings.resolved_database_url)
-    public, plain = create_key(make_engine(settings.resolved_database_url), parsed, name,
+    public, plain = create_key(open_store(settings), parsed, name,
                                rpm=_limit(rpm), tpm=_limit(tpm))
     console.print(f"[bold]{plain}[/]  ({public.id}, scope {public.scope.value}, "
                   f"{_limits_text(public.rpm, public.tpm)}; shown once)")
@@ -221,7 +213,7 @@ def keys_limits(
     if rpm is None and tpm is None:
         raise typer.BadParameter("give --rpm and/or --tpm (0 removes a limit)")
     settings = load_settings()
-    public = set_limits(make_engine(settings.resolved_database_url), key_id,
+    public = set_limits(open_store(settings), key_id,
                         rpm=KEEP if rpm is None else _limit(rpm), tpm=KEEP if tpm is None else _limit(tpm))
     if public is None:
         console.print(f"[red]no active key {key_id}[/]")
@@ -236,7 +228,7 @@ def keys_list() -> None:
 
     settings = load_settings()
     table = Table("id", "name", "scope", "rpm", "tpm", "created", "revoked")
-    for key in list_keys(make_engine(settings.resolved_database_url)):
+    for key in list_keys(open_store(settings)):
         table.add_row(key.id, key.name, key.scope.value, str(key.rpm or "-"), str(key.tpm or "-"),
                       str(key.created_at)[:19], str(key.revoked_at or "")[:19])
     console.print(table)
@@ -248,7 +240,7 @@ def keys_revoke(key_id: str) -> None:
     from core.api_keys import revoke_key
 
     settings = load_settings()
-    if not revoke_key(make_engine(settings.resolved_database_url), key_id):
+    if not revoke_key(open_store(settings), key_id):
         console.print(f"[red]no active key {key_id}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
@@ -258,7 +250,7 @@ def main() -> None:
     """The console entry point: configuration mistakes end in one line naming the variable, not a traceback."""
     try:
         app()
-    except (SettingsError, RealModelError) as exc:
+    except (SettingsError, RealModelError, SchemaError) as exc:
         console.print(f"[red]error[/]: {exc}", markup=True, highlight=False)
         raise SystemExit(2) from None
 

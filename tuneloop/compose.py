@@ -6,7 +6,13 @@ factory) reads the settings and builds them.
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import Engine
+
+from core.db import check_schema, make_engine
 from core.settings import Settings, SettingsError
+from deploy.launcher import Launcher
 from deploy.scheduler import JobContext
 from registry.judge_factory import build_judge
 from registry.judges import Judge
@@ -29,7 +35,25 @@ def check_cycle_train(settings: Settings) -> None:
         raise SettingsError(f"invalid settings: TUNELOOP_CYCLE__TRAIN__{exc.field.upper()}: {message}") from None
 
 
-def job_context(settings: Settings) -> JobContext:
-    """What the scheduler's cycle and canary jobs run with in this process; the cycle's settings are checked."""
+def open_store(settings: Settings) -> Engine:
+    """The store's engine, once its schema is checked to be this code's (never migrated here: `tuneloop
+    migrate`, and the start of serve and worker, do that on purpose)."""
+    check_schema(settings.resolved_database_url)
+    return make_engine(settings.resolved_database_url)
+
+
+def launcher(settings: Settings, engine: Engine, **overrides: Any) -> Launcher:
+    """The vLLM launcher of this machine: HOME, the vLLM interpreter, and the address its servers are
+    reached at by gateways (advertised_host)."""
+    overrides.setdefault("mode", settings.cycle.serve_mode)
+    return Launcher.for_settings(engine, settings, **overrides)
+
+
+def job_context(settings: Settings, **overrides: Any) -> JobContext:
+    """What the scheduler's cycle and canary jobs run with in this process (one engine, one launcher for
+    every job); the cycle's settings are checked."""
     check_cycle_train(settings)
-    return JobContext(settings=settings, judge=judge(settings))
+    engine = open_store(settings)
+    values: dict[str, Any] = {"settings": settings, "judge": judge(settings), "engine": engine,
+                              "launcher": launcher(settings, engine), **overrides}
+    return JobContext(**values)

@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from core.clock import as_utc
-from core.db import make_engine, migrate
 from core.settings import load_settings
 from feedback.curate import ALL_HISTORY, CurationResult, curate
 from feedback.datasets import get_dataset, list_datasets
 from feedback.policy import CurationPolicy
+from tuneloop.compose import open_store
 
 datasets_app = typer.Typer(help="Curated dataset versions.", no_args_is_help=True)
 console = Console()
@@ -68,8 +68,7 @@ def curate_command(
         policy_file, {"eval_fraction": eval_fraction, "near_dup_threshold": threshold, "tokenizer": tokenizer}
     )
     settings = load_settings()
-    migrate(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
+    engine = open_store(settings)
     columns = (TextColumn("[bold]curating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(alias, total=None)
@@ -121,9 +120,9 @@ def _print_summary(result: CurationResult) -> None:
 def datasets_list(alias: str | None = typer.Option(None, help="Only this alias.")) -> None:
     """Dataset versions, oldest first."""
     settings = load_settings()
-    migrate(settings.resolved_database_url)
+    open_store(settings)  # checks the schema; never migrates
     table = Table(Column("id", no_wrap=True), "alias", "train", "eval", "since", "until")
-    for d in list_datasets(make_engine(settings.resolved_database_url), alias):
+    for d in list_datasets(open_store(settings), alias):
         table.add_row(d.id, d.alias, str(d.n_train), str(d.n_eval), _minute(d.window_start), _minute(d.window_end))
     console.print(table)
 
@@ -136,8 +135,7 @@ def _minute(value: datetime | None) -> str:
 def datasets_show(dataset_id: str = typer.Argument(..., help="A dataset id (ds-...).")) -> None:
     """A version's manifest (without its list of source ids)."""
     settings = load_settings()
-    migrate(settings.resolved_database_url)
-    dataset = get_dataset(make_engine(settings.resolved_database_url), dataset_id)
+    dataset = get_dataset(open_store(settings), dataset_id)
     if dataset is None:
         console.print(f"[red]no dataset {dataset_id}[/]")
         raise typer.Exit(1)

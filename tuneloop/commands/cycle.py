@@ -8,11 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.db import make_engine, migrate
 from core.settings import load_settings
 from deploy.cycle_runs import get_run, list_runs
 from deploy.scheduler import ScheduleError, run_cycle_now, set_schedule, show_schedule
-from tuneloop.compose import job_context
+from tuneloop.compose import job_context, open_store
 
 cycle_app = typer.Typer(help="The improvement cycle: curate, train, merge, gate, canary.", no_args_is_help=True)
 schedule_app = typer.Typer(help="When the cycle runs (APScheduler, stored in the database).", no_args_is_help=True)
@@ -23,7 +22,6 @@ console = Console()
 def run_now(alias: str = typer.Option("demo", help="The model alias to improve.")) -> None:
     """Run one cycle now (skipped, and recorded, if another cycle holds the lease)."""
     settings = load_settings()
-    migrate(settings.resolved_database_url)
     outcome = run_cycle_now(job_context(settings), alias, trigger="manual")
     console.print(f"cycle {outcome['id']}: [bold]{outcome['status']}[/] {outcome['reason'] or ''}")
     if outcome["status"] == "failed":
@@ -35,7 +33,7 @@ def list_command(alias: str | None = typer.Option(None), limit: int = typer.Opti
     """Recent cycles, newest first."""
     settings = load_settings()
     table = Table("id", "alias", "trigger", "status", "started", "dataset", "version", "reason")
-    for run in list_runs(make_engine(settings.resolved_database_url), alias, limit):
+    for run in list_runs(open_store(settings), alias, limit):
         table.add_row(str(run.id), run.alias, run.trigger, str(run.status), str(run.started_at)[:19],
                       run.dataset_id or "", run.version_id or "", (run.reason or run.error or "")[:60])
     console.print(table)
@@ -45,7 +43,7 @@ def list_command(alias: str | None = typer.Option(None), limit: int = typer.Opti
 def show_command(run_id: int) -> None:
     """One cycle with its steps and their figures."""
     settings = load_settings()
-    run = get_run(make_engine(settings.resolved_database_url), run_id)
+    run = get_run(open_store(settings), run_id)
     if run is None:
         console.print(f"[red]no cycle run {run_id}[/]")
         raise typer.Exit(1)
@@ -62,7 +60,7 @@ def show_command(run_id: int) -> None:
 def schedule_show() -> None:
     """Scheduled jobs and their next run."""
     settings = load_settings()
-    migrate(settings.resolved_database_url)
+    open_store(settings)  # checks the schema; never migrates
     table = Table("job", "trigger", "next run")
     for job in show_schedule(settings):
         table.add_row(job.id, job.trigger, str(job.next_run or "paused"))
@@ -74,7 +72,7 @@ def schedule_set(alias: str = typer.Option(..., help="Model alias."),
                  cron: str = typer.Option(..., help="Crontab expression, e.g. '0 3 * * *'.")) -> None:
     """Set when the cycle of an alias runs; a bad cron or an unknown alias is refused."""
     settings = load_settings()
-    migrate(settings.resolved_database_url)
+    open_store(settings)  # checks the schema; never migrates
     try:
         job = set_schedule(settings, alias, cron)
     except ScheduleError as exc:

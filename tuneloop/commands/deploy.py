@@ -42,12 +42,11 @@ def _refusals() -> Iterator[None]:
 
 
 def _engine() -> Any:
-    from core.db import make_engine, migrate
     from core.settings import load_settings
+    from tuneloop.compose import open_store
 
     settings = load_settings()
-    migrate(settings.resolved_database_url)
-    return make_engine(settings.resolved_database_url)
+    return open_store(settings)
 
 
 def _launcher(engine: Any, mode: str = "auto") -> Any:

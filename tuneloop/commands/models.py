@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
-from core.db import make_engine, migrate
 from core.policies import GatePolicy
 from core.settings import Settings, load_settings
 from registry import store
 from registry.models import AuditEntryPublic, ModelVersionPublic, VersionStatus
+from tuneloop.compose import open_store
 
 models_app = typer.Typer(help="Model versions, their lineage, and the production/canary aliases.",
                          no_args_is_help=True)
@@ -29,8 +29,7 @@ STATUS_STYLE = {"production": "bold green", "canary": "yellow", "candidate": "cy
 
 def _engine() -> tuple[Settings, Engine]:
     settings = load_settings()
-    migrate(settings.resolved_database_url)
-    return settings, make_engine(settings.resolved_database_url)
+    return settings, open_store(settings)
 
 
 def _fail(message: str) -> typer.Exit:
