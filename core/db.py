@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 # What store and query functions take: a Session works inside the caller's transaction (the caller commits);
@@ -88,11 +89,20 @@ def head_revision() -> str:
 
 
 def current_revision(url: str) -> str | None:
-    """The database's schema revision; None when it has none yet (never migrated)."""
-    engine = create_engine(normalise_url(url))
+    """The database's schema revision; None when it has none yet (never migrated, or a SQLite file not made
+    yet: it is not created here). An unreachable database is a SchemaError saying so."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if url.startswith("sqlite") and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).exists():
+        return None
+    engine = create_engine(url)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise SchemaError(f"cannot reach database {_shown(url)}: {reason}") from None
     finally:
         engine.dispose()
 
@@ -138,7 +148,12 @@ def migration_lock(url: str) -> Iterator[None]:
         return
     engine = create_engine(url)
     try:
-        with engine.connect() as connection:
+        try:
+            connection = engine.connect()
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise SchemaError(f"cannot reach database {_shown(url)}: {reason}") from None
+        with connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             connection.commit()
             try:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, select
 
 from core.clock import UTCDateTime, utcnow
+from core.db import unit_of_work
 
 
 class RunStatus(StrEnum):
@@ -91,8 +92,17 @@ CycleRunPublic.model_rebuild()
 
 
 def make_holder(tag: str) -> str:
-    """A lease holder's name: machine, process and a random tag (a reused pid is not the same holder)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{tag}"
+    """A lease holder's name: machine (its name and boot: cloned machines share a name, a reboot reuses pids),
+    process and a random tag (a reused pid is not the same holder)."""
+    return f"{_machine()}:{os.getpid()}:{tag}"
+
+
+def _machine() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    return f"{socket.gethostname()}/{boot}"
 
 
 def holder_died_here(holder: str) -> bool:
@@ -100,7 +110,7 @@ def holder_died_here(holder: str) -> bool:
     is alive (perhaps reused) or a holder on another machine is never presumed dead; those leases expire."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != _machine() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -122,47 +132,44 @@ def acquire_lease(engine: Engine, name: str, holder: str, ttl_s: float) -> bool:
     """Take the lease if it is free, expired, ours, or held by a process of this machine that died; False
     when someone else holds it."""
     now = utcnow()
-    with Session(engine) as session:
-        row = session.exec(select(Lease).where(Lease.name == name).with_for_update()).first()
-        if row is not None and row.holder != holder and row.expires_at > now and not holder_died_here(row.holder):
-            return False
-        if row is None:
-            row = Lease(name=name, holder=holder, expires_at=now + timedelta(seconds=ttl_s))
-        else:
-            if row.holder != holder:
-                row.acquired_at = now
-            row.holder = holder
-            row.heartbeat_at = now
-            row.expires_at = now + timedelta(seconds=ttl_s)
-        session.add(row)
-        try:
-            session.commit()
-        except (IntegrityError, OperationalError):
-            # another process inserted the first row, or (SQLite) committed between our read and our write
-            return False
-        return True
+    try:
+        with unit_of_work(engine) as session:  # BEGIN IMMEDIATE on SQLite, a row lock on PostgreSQL
+            row = session.exec(select(Lease).where(Lease.name == name).with_for_update()).first()
+            if (row is not None and row.holder != holder and row.expires_at > now
+                    and not holder_died_here(row.holder)):
+                return False
+            if row is None:
+                row = Lease(name=name, holder=holder, expires_at=now + timedelta(seconds=ttl_s))
+            else:
+                if row.holder != holder:
+                    row.acquired_at = now
+                row.holder = holder
+                row.heartbeat_at = now
+                row.expires_at = now + timedelta(seconds=ttl_s)
+            session.add(row)
+    except (IntegrityError, OperationalError):
+        return False  # another process inserted the first row, or (SQLite) held the write lock past the timeout
+    return True
 
 
 def heartbeat(engine: Engine, name: str, holder: str, ttl_s: float) -> bool:
     """Extend our lease; False if it was lost (expired and taken by someone else)."""
     now = utcnow()
-    with Session(engine) as session:
+    with unit_of_work(engine) as session:
         row = session.exec(select(Lease).where(Lease.name == name).with_for_update()).first()
         if row is None or row.holder != holder:
             return False
         row.heartbeat_at = now
         row.expires_at = now + timedelta(seconds=ttl_s)
         session.add(row)
-        session.commit()
         return True
 
 
 def release_lease(engine: Engine, name: str, holder: str) -> None:
-    with Session(engine) as session:
+    with unit_of_work(engine) as session:
         row = session.exec(select(Lease).where(Lease.name == name).with_for_update()).first()
         if row is not None and row.holder == holder:
             session.delete(row)
-            session.commit()
 
 
 def start_run(engine: Engine, alias: str, trigger: str, holder: str) -> CycleRun:

@@ -22,6 +22,7 @@ from core.settings import Settings
 from deploy.canary import start as start_canary
 from deploy.cycle import CycleContext, SkipCycle, Step
 from deploy.cycle_runs import CycleRunPublic
+from deploy.deployments import DeploymentError
 from deploy.launcher import Launcher
 from feedback.curate import ALL_HISTORY, curate
 from feedback.datasets import get_dataset
@@ -189,7 +190,10 @@ def cleanup_run(launcher: Launcher) -> Any:
         except UnknownVersion:
             return
         if version.status == VersionStatus.candidate:
-            launcher.stop(version_id, f"cycle run {run.id} did not finish")
+            try:
+                launcher.stop(version_id, f"cycle run {run.id} did not finish")
+            except DeploymentError as exc:  # on another machine: stopped there; the candidate is rejected anyway
+                log.warning("cleanup of cycle run %s: %s", run.id, exc)
             launcher.stop_strays(version_id)  # a server its dead worker was still starting
             if version.gate_passed is None:
                 store.reject(engine, version_id, "cycle", f"cycle run {run.id} died before its gate")
@@ -210,10 +214,13 @@ def _method_for(dataset: Any, policy: CyclePolicy) -> tuple[str, str]:
 
 
 def _trained_datasets(engine: Engine, alias: str) -> list[Any]:
-    """The datasets versions of `alias` were trained on (gated or not), oldest first."""
-    ids = [v.dataset_version_id for v in store.list_versions(engine, alias) if v.dataset_version_id]
-    found = (get_dataset(engine, dataset_id) for dataset_id in dict.fromkeys(ids))
-    return [dataset for dataset in found if dataset is not None]
+    """The datasets that versions of `alias` were trained on and that a gate judged (passed or not), by the end
+    of their window. A candidate rejected because its cycle died before the gate does not count: its data is
+    taken again."""
+    ids = [v.dataset_version_id for v in store.list_versions(engine, alias)
+           if v.dataset_version_id and not (v.status == VersionStatus.rejected and v.gate_passed is None)]
+    found = [get_dataset(engine, dataset_id) for dataset_id in dict.fromkeys(ids)]
+    return sorted((d for d in found if d is not None), key=lambda d: (d.window_end is not None, d.window_end))
 
 
 def _view_sizes(dataset: Any) -> dict[str, dict[str, int]]:

@@ -14,6 +14,7 @@ import functools
 import logging
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -138,6 +139,8 @@ class Launcher:
         # Servers this object started: stopping them through their Popen also reaps them (no zombie).
         self._children: dict[int, subprocess.Popen] = {}
         self._unanswered_since: dict[int, float] = {}  # deployment id -> first unanswered health check
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     @functools.cached_property
     def _cpu_build(self) -> bool:
@@ -146,18 +149,31 @@ class Launcher:
     # --- serving -------------------------------------------------------------------------------------
 
     def ensure(self, version_id: str) -> DeploymentPublic:
-        """Make `version_id` servable: reuse its healthy deployment (undraining it), else start one."""
-        version = get_version(self.engine, version_id)
-        existing = active_deployment(self.engine, version_id)
-        if existing is not None:
-            if self.is_serving(existing):
-                if existing.status == DeploymentStatus.draining:
-                    existing = set_status(self.engine, existing.id, DeploymentStatus.running, "needed again")
-                return existing
-            set_status(self.engine, existing.id, DeploymentStatus.failed, "not serving when needed")
-        if self._mode_for(version) == DeploymentMode.merged:
-            return self._start_merged(version)
-        return self._load_adapter(version)
+        """Make `version_id` servable: reuse its healthy deployment (undraining it), else start one. One call
+        per version at a time in this process (the supervision, the canary watch and a cycle share a launcher:
+        two of them starting the same version would leave one server unrecorded)."""
+        with self._lock_for(version_id):
+            version = get_version(self.engine, version_id)
+            existing = active_deployment(self.engine, version_id)
+            if existing is not None:
+                # a live server of this machine that is slow to answer is busy, not dead (see `check`)
+                if self._alive_here(existing) or self.is_serving(existing):
+                    if existing.status == DeploymentStatus.draining:
+                        existing = set_status(self.engine, existing.id, DeploymentStatus.running, "needed again")
+                    return existing
+                set_status(self.engine, existing.id, DeploymentStatus.failed, "not serving when needed")
+            if self._mode_for(version) == DeploymentMode.merged:
+                return self._start_merged(version)
+            return self._load_adapter(version)
+
+    def _alive_here(self, deployment: DeploymentPublic) -> bool:
+        """A merged server of this machine whose vLLM process is alive (answering or not)."""
+        return bool(deployment.mode == DeploymentMode.merged and deployment.machine == self.machine
+                    and deployment.pid and is_vllm_process(deployment.pid))
+
+    def _lock_for(self, version_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(version_id, threading.Lock())
 
     def _mode_for(self, version: ModelVersionPublic) -> DeploymentMode:
         mode = self.config.mode
@@ -262,9 +278,7 @@ class Launcher:
                 self._unanswered_since.pop(deployment.id, None)
                 alive.append(deployment)
                 continue
-            local_process = (deployment.mode == DeploymentMode.merged and deployment.machine == self.machine
-                             and deployment.pid and is_vllm_process(deployment.pid))
-            if local_process:
+            if self._alive_here(deployment):
                 since = self._unanswered_since.setdefault(deployment.id, now)
                 if now - since < self.config.health_timeout_s:
                     alive.append(deployment)

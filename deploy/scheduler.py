@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
@@ -37,7 +36,6 @@ log = logging.getLogger("tuneloop.scheduler")
 CYCLE_JOB_PREFIX = "cycle:"
 WATCH_JOB_PREFIX = "canary-watch:"
 SUPERVISE_JOB = "supervise-servers"
-RECOVER_JOB = "recover-dead-cycles"
 
 
 class ScheduleError(ValueError):
@@ -119,7 +117,7 @@ def show_schedule(settings: Settings) -> list[ScheduledJob]:
 def start_scheduler(context: JobContext, *, supervise_s: float | None = None) -> BackgroundScheduler:
     """The leader's running scheduler: the configured aliases' cycles (unless already scheduled with another
     cron by `tuneloop schedule set`) and a canary watch per alias, run with `context`; with `supervise_s`, also
-    the vLLM supervision every `supervise_s` and, once, now, the clean-up of cycles whose process died."""
+    the supervision (clean-up of dead cycles, vLLM servers) now and every `supervise_s`."""
     global _running
     _running = context
     settings = context.settings
@@ -133,8 +131,6 @@ def start_scheduler(context: JobContext, *, supervise_s: float | None = None) ->
         scheduler.add_job(watch_canary, IntervalTrigger(seconds=settings.cycle.canary_watch_s), args=[alias],
                           id=WATCH_JOB_PREFIX + alias, name=f"canary watch of {alias}", replace_existing=True)
     if supervise_s is not None:
-        scheduler.add_job(recover_dead_cycles, DateTrigger(), id=RECOVER_JOB, name="clean up dead cycles",
-                          replace_existing=True)
         scheduler.add_job(supervise_servers, IntervalTrigger(seconds=supervise_s), id=SUPERVISE_JOB,
                           name="supervise vLLM servers", replace_existing=True, next_run_time=_now())
     scheduler.resume()
@@ -178,22 +174,15 @@ def watch_canary(alias: str) -> dict[str, Any]:
 
 
 def supervise_servers() -> dict[str, Any]:
-    """The interval job: restart this machine's dead vLLM servers and serve every alias's versions."""
-    from deploy.supervise import supervise
-
-    return _as_leader(SUPERVISE_JOB, lambda context: supervise(context.launcher, context.settings.cycle.aliases))
-
-
-def recover_dead_cycles() -> dict[str, Any]:
-    """Once, when a process starts leading: clean up what cycles whose process died left behind."""
-    from deploy.supervise import recover_cycles
+    """The interval job: clean up after dead cycles, restart dead vLLM servers, serve every alias's versions."""
+    from deploy.cycle_steps import cleanup_run
+    from deploy.supervise import recover_cycles, supervise
 
     def body(context: JobContext) -> dict[str, Any]:
-        from deploy.cycle_steps import cleanup_run
+        recovered = recover_cycles(context.engine, cleanup_run(context.launcher), context.settings.cycle.lease_ttl_s)
+        return {**supervise(context.launcher), **recovered}
 
-        return recover_cycles(context.engine, cleanup_run(context.launcher), context.settings.cycle.lease_ttl_s)
-
-    return _as_leader(RECOVER_JOB, body)
+    return _as_leader(SUPERVISE_JOB, body)
 
 
 def run_cycle_now(context: JobContext, alias: str, trigger: str) -> dict[str, Any]:

@@ -69,9 +69,13 @@ class Leadership:
         self._leading = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
         self._renewed_at = 0.0
+        self._drained = threading.Event()  # the last scheduler's running jobs have all ended
+        self._drained.set()
 
     def leading(self) -> bool:
-        return self._leading.is_set()
+        """Whether jobs may run now: leading, and renewed recently enough that nobody else can hold the lease
+        (a renewal stuck on the store ends the lead on its own, before the step-down is even noticed)."""
+        return self._leading.is_set() and time.monotonic() - self._renewed_at < self.policy.step_down_s
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set: lead when possible, renew while leading; then step down and free the lease."""
@@ -90,7 +94,9 @@ class Leadership:
 
     def tick(self) -> None:
         now = time.monotonic()
-        if not self.leading():
+        if not self._leading.is_set():
+            if not self._drained.is_set():
+                return  # never lead again while jobs of the last lead still run (they would run twice)
             if self._try(lambda: acquire_lease(self.engine, LEADER_LEASE, self.holder, self.policy.ttl_s)):
                 self._renewed_at = now
                 self._lead()
@@ -120,17 +126,25 @@ class Leadership:
         except Exception:
             log.exception("starting the scheduler failed; giving up the lead")
             self._step_down("the scheduler did not start")
-            release_lease(self.engine, LEADER_LEASE, self.holder)
+            self._try(lambda: release_lease(self.engine, LEADER_LEASE, self.holder) or True)
             return
         self.announce(f"worker {self.holder} is the leader")
         for job in self._scheduler.get_jobs():
             self.announce(f"scheduled: {job.name} (next run {job.next_run_time})")
 
     def _step_down(self, why: str) -> None:
-        if not self.leading():
+        if not self._leading.is_set():
             return
         self._leading.clear()  # first: a job that starts from now on sees it and does nothing
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            # No new job starts; the running ones end on their own (a cycle notices its lost lease), and until
+            # they have, this process does not lead again.
+            self._drained.clear()
+
+            def drain() -> None:
+                scheduler.shutdown(wait=True)
+                self._drained.set()
+
+            threading.Thread(target=drain, name="scheduler-drain", daemon=True).start()
         self.announce(f"worker {self.holder} stepped down: {why}")

@@ -62,9 +62,14 @@ def test_a_standby_takes_over_only_after_the_dead_leaders_lease_expires(any_db_u
         lease.holder = "other-machine:4343:worker-new"
         session.add(lease)
         session.commit()
-    standby._renewed_at -= TTL_S  # due for renewal now
+    standby._renewed_at -= TTL_S / 2  # due for renewal now
     standby.tick()
-    assert not standby.leading() and counts == {"started": 1, "stopped": 1}
+    assert not standby.leading()
+    deadline = time.monotonic() + 10
+    while counts["stopped"] == 0:  # the scheduler is shut down once its running jobs have ended
+        assert time.monotonic() < deadline, "the scheduler was not stopped"
+        time.sleep(0.05)
+    assert counts == {"started": 1, "stopped": 1}
     engine.dispose()
 
 

@@ -1,7 +1,8 @@
 """`tuneloop up` as a supervisor of two processes: `tuneloop worker` (scheduler, cycle, vLLM servers) and
 `tuneloop serve` (the gateway). A training run that runs out of memory takes down at most the worker's child,
-never the endpoint; a child that dies is started again. SIGTERM or Ctrl-C stops both, the worker last (it stops
-the vLLM servers it started), and `up` exits 143 once they are gone.
+never the endpoint; a child that dies is started again (five times at most). SIGTERM, SIGHUP or Ctrl-C stops
+both (the worker stops the vLLM servers it started), and `up` exits 143 once they are gone. If `up` itself dies,
+its children get SIGTERM from the kernel (a parent-death signal) and stop the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +25,20 @@ from deploy.deployments import active_deployment
 from deploy.vllm_http import is_healthy
 from registry.store import get_aliases
 
-STOP_GRACE_S = 90.0  # the worker stops its vLLM servers (20 s grace each) before it exits
+STOP_GRACE_S = 180.0  # the worker stops its vLLM servers one by one (20 s grace each) before it exits
 RESTART_BACKOFF_S = 5.0
+MAX_RESTARTS = 5  # a child that keeps dying (a bad setting, a port taken) ends `up` rather than loop for ever
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_up() -> None:
+    """In the child, before exec: SIGTERM when `up` dies (killed, crashed), so its children stop cleanly (the
+    worker stops its vLLM servers) instead of living on as orphans."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError):  # not Linux: orphans are possible, as with any supervisor killed with -9
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class UpError(RuntimeError):
@@ -43,7 +56,7 @@ class Child:
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
+        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_up)
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -109,7 +122,7 @@ def run_up(settings: Settings, engine: Engine, alias: str, banner: str, console:
         received.append(signum)
         stopping.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     worker = Child("tuneloop worker", tuneloop_argv("worker", "--stop-servers-on-exit"))
     gateway = Child("tuneloop serve", tuneloop_argv("serve"))
@@ -126,6 +139,8 @@ def run_up(settings: Settings, engine: Engine, alias: str, banner: str, console:
             for child in (gateway, worker):
                 if not child.alive() and time.monotonic() - child.started_at > RESTART_BACKOFF_S:
                     code = child.process.returncode if child.process else None
+                    if child.restarts >= MAX_RESTARTS:
+                        raise UpError(f"{child.name} exited ({code}) {MAX_RESTARTS + 1} times; its output is above")
                     child.restarts += 1
                     console.print(f"{child.name} exited ({code}); starting it again (restart {child.restarts})")
                     child.start()

@@ -39,8 +39,13 @@ def worker_command(
     settings.home.mkdir(parents=True, exist_ok=True)
     migrate(settings.resolved_database_url)  # on purpose, under the migration lock
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal or ssh session closed
         signal.signal(signum, lambda *_: stop.set())
+    # The curation step loads a tokenizer (transformers, torch) in a job thread. A first import of torch there
+    # was seen to stall the whole process for many minutes (inside MKL's start-up, holding the GIL, on a worker
+    # started while another worker's training ran); imported here, in the main thread, before any job runs,
+    # it takes seconds.
+    import torch  # noqa: F401
     metrics = WorkerMetrics()
     try:
         metrics_server = serve_worker_metrics(metrics, settings.host, settings.worker.metrics_port)
