@@ -156,11 +156,11 @@ def _as_leader(job: str, body: Callable[[JobContext], dict[str, Any]]) -> dict[s
     if not context.leading():
         log.info("job %s not run: this process no longer leads", job)
         return {"skipped": "not the leader"}
-    log.info("job %s start %.3f", job, time.time())
+    log.debug("job %s start %.3f", job, time.time())
     try:
         return body(context)
     finally:
-        log.info("job %s end %.3f", job, time.time())
+        log.debug("job %s end %.3f", job, time.time())
 
 
 def scheduled_cycle(alias: str, trigger: str = "schedule") -> dict[str, Any]:

@@ -60,21 +60,28 @@ def worker_command(
     leadership = Leadership(
         context.engine, policy, lambda: start_scheduler(context, supervise_s=settings.worker.supervise_s),
         announce=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    code = 0
     try:
         leadership.run(stop)
-    finally:
+    except Exception:  # the leader loop itself failed: say so, stop what this worker runs, exit non-zero
+        logging.getLogger("tuneloop.worker").exception("the worker's leader loop failed")
+        code = 1
+    try:
         if stop_servers_on_exit:
             for deployment in context.launcher.stop_all("tuneloop worker stopped"):
                 console.print(f"stopped {deployment.served_name}")
         if metrics_server is not None:
-            metrics_server.shutdown()
+            metrics_server.stop()
         context.engine.dispose()
+    except Exception:
+        logging.getLogger("tuneloop.worker").exception("stopping the worker's servers failed")
+        code = 1
     # A cycle still running in a job thread would keep the process alive until it ends (hours of training):
     # stop now instead. Its training or merge child dies with this process, and the next leader cleans the
     # cycle up as it does after a crash (deploy/supervise.py).
     logging.shutdown()
     sys.stdout.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _configure_logging(level: str) -> None:
