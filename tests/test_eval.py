@@ -148,6 +148,7 @@ def test_tuneloop_eval_gates_a_version_end_to_end(vllm_server, demo_model_dir: P
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("TUNELOOP_JUDGE__KIND", raising=False)
     runner = CliRunner()
+    assert runner.invoke(app, ["migrate"]).exit_code == 0  # a new HOME, as a user starts one
     result = runner.invoke(app, ["models", "register-base", "demo", str(demo_model_dir)])
     assert result.exit_code == 0, result.output
     engine = make_engine(f"sqlite:///{(tmp_path / 'home' / 'tuneloop.db').resolve()}")
