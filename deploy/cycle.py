@@ -33,7 +33,9 @@ from deploy.cycle_runs import (
     unfinished_runs,
     update_run,
 )
-from deploy.cycle_runs import make_holder as lease_holder
+from deploy.cycle_runs import (
+    make_holder as lease_holder,
+)
 
 log = logging.getLogger("tuneloop.cycle")
 

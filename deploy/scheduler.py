@@ -23,6 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
+from core.clock import utcnow
 from core.db import make_engine
 from core.settings import Settings
 from registry.judges import Judge
@@ -132,15 +133,9 @@ def start_scheduler(context: JobContext, *, supervise_s: float | None = None) ->
                           id=WATCH_JOB_PREFIX + alias, name=f"canary watch of {alias}", replace_existing=True)
     if supervise_s is not None:
         scheduler.add_job(supervise_servers, IntervalTrigger(seconds=supervise_s), id=SUPERVISE_JOB,
-                          name="supervise vLLM servers", replace_existing=True, next_run_time=_now())
+                          name="supervise vLLM servers", replace_existing=True, next_run_time=utcnow())
     scheduler.resume()
     return scheduler
-
-
-def _now() -> datetime:
-    from core.clock import utcnow
-
-    return utcnow()
 
 
 def _context() -> JobContext:
