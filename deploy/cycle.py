@@ -14,11 +14,13 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from core.clock import utcnow
+from core.tracing import close_span, epoch_ns, open_span, record_span
 from deploy.cycle_runs import (
     CycleRunPublic,
     RunStatus,
@@ -36,6 +38,9 @@ from deploy.cycle_runs import (
 from deploy.cycle_runs import (
     make_holder as lease_holder,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("tuneloop.cycle")
 
@@ -117,14 +122,20 @@ def run_cycle(
     lease: LeasePolicy | None = None,
     holder: str | None = None,
     cleanup: Cleanup | None = None,
+    tracer: Tracer | None = None,
 ) -> CycleRunPublic:
-    """Run the steps once under the lease; returns the recorded run (skipped when the lease is taken)."""
+    """Run the steps once under the lease; returns the recorded run (skipped when the lease is taken).
+
+    `tracer`: the finished run becomes a span with a child per step (`trace_run`); None: no span is made."""
     lease = lease or LeasePolicy()
     holder = holder or make_holder()
     if not acquire_lease(engine, LEASE_NAME, holder, lease.ttl_s):
-        run = record_skipped_start(engine, alias, trigger, holder, "another cycle holds the lease")
+        skipped = record_skipped_start(engine, alias, trigger, holder, "another cycle holds the lease")
         log.info("cycle for %s skipped: lease held elsewhere", alias)
-        return get_run(engine, run.id) or CycleRunPublic.model_validate(run, from_attributes=True)
+        run = get_run(engine, skipped.id) or CycleRunPublic.model_validate(skipped, from_attributes=True)
+        if tracer is not None:
+            trace_run(tracer, run)
+        return run
     try:
         abandon_dead_runs(engine, alias, cleanup)
         run = start_run(engine, alias, trigger, holder)
@@ -137,7 +148,10 @@ def run_cycle(
             stop_heartbeat.set()
     finally:
         release_lease(engine, LEASE_NAME, holder)
-    return get_run(engine, context.run_id)  # type: ignore[return-value]
+    finished = get_run(engine, context.run_id)
+    if tracer is not None and finished is not None:
+        trace_run(tracer, finished)
+    return finished  # type: ignore[return-value]
 
 
 def _run_steps(context: CycleContext, steps: list[Step], cleanup: Cleanup | None) -> None:
@@ -163,6 +177,40 @@ def _run_steps(context: CycleContext, steps: list[Step], cleanup: Cleanup | None
             return
         finish_step(engine, step_id, RunStatus.succeeded, figures=_jsonable_dict(figures))
     update_run(engine, context.run_id, status=RunStatus.succeeded, finished_at=utcnow())
+
+
+def trace_run(tracer: Tracer, run: CycleRunPublic) -> None:
+    """A finished run as spans, from its recorded rows (the times the worker's metrics observe too): `cycle
+    {alias}` with a child `cycle_step {name}` per finished step."""
+    finished_at = run.finished_at or utcnow()
+    failed = next((step for step in run.steps if step.status == RunStatus.failed), None)
+    error_type = _error_type(run, failed.name) if failed is not None else None
+    parent = open_span(tracer, f"cycle {run.alias}", epoch_ns(run.started_at), {
+        "tuneloop.alias": run.alias, "tuneloop.cycle.id": run.id, "tuneloop.cycle.trigger": run.trigger,
+        "tuneloop.cycle.status": str(run.status), "tuneloop.cycle.reason": run.reason,
+        "tuneloop.cycle.dataset_id": run.dataset_id, "tuneloop.cycle.version_id": run.version_id,
+        "tuneloop.cycle.duration_s": _seconds(run.started_at, finished_at), "error.type": error_type})
+    for step in run.steps:
+        if step.finished_at is None:  # never finished (its process died): no end to tell
+            continue
+        step_error = error_type if step is failed else None
+        record_span(tracer, f"cycle_step {step.name}", epoch_ns(step.started_at), epoch_ns(step.finished_at), {
+            "tuneloop.alias": run.alias, "tuneloop.cycle.id": run.id, "tuneloop.cycle.step": step.name,
+            "tuneloop.cycle.step.outcome": str(step.status),
+            "tuneloop.cycle.step.duration_s": _seconds(step.started_at, step.finished_at),
+            "tuneloop.cycle.step.reason": step.error if step.status == RunStatus.skipped else None,
+            "error.type": step_error}, parent=parent, error=run.error if step_error else None)
+    close_span(parent, epoch_ns(finished_at), run.error if run.status == RunStatus.failed else None)
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _error_type(run: CycleRunPublic, step_name: str) -> str:
+    """The failed step's exception class, from the run's error (`train: TrainingProcessError: ...`)."""
+    detail = (run.error or "").removeprefix(f"{step_name}: ")
+    return detail.splitlines()[0].partition(":")[0].strip() if detail.strip() else "failed"
 
 
 def abandon_dead_runs(engine: Engine, alias: str | None, cleanup: Cleanup | None) -> list[int]:

@@ -6,10 +6,11 @@ to Python, bounded to the newest `latency_sample` successful requests per arm.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Engine, case, func
+from sqlalchemy import Engine, case, func, true
 from sqlmodel import Session, col, select
 
 from deploy.analysis import ArmFigures
@@ -19,12 +20,13 @@ LATENCY_SAMPLE = 5000
 
 
 def arm_figures(engine: Engine, alias: str, version_ids: list[str], since: datetime,
-                latency_sample: int = LATENCY_SAMPLE) -> dict[str, ArmFigures]:
-    """Figures for each version of `alias` over interactions created at or after `since`."""
+                latency_sample: int = LATENCY_SAMPLE, until: datetime | None = None) -> dict[str, ArmFigures]:
+    """Figures for each version of `alias` over interactions created at or after `since` (and before `until`)."""
     window = (
         Interaction.model_alias == alias,
         col(Interaction.served_version).in_(version_ids),
         Interaction.created_at >= since,
+        Interaction.created_at < until if until is not None else true(),
         Interaction.status != InteractionStatus.rejected,  # refused by the gateway: no version was involved
         # a stream still running (or cut by a gateway killed mid-flight) is neither an answer nor a version's error
         Interaction.status != InteractionStatus.in_progress,
@@ -61,6 +63,38 @@ def arm_figures(engine: Engine, alias: str, version_ids: list[str], since: datet
             thumbs_up=ratings.get((version, Rating.up.value), 0),
             thumbs_down=ratings.get((version, Rating.down.value), 0),
             p95_latency_ms=float(np.percentile(sample, 95)) if sample else None,
+            p50_latency_ms=float(np.percentile(sample, 50)) if sample else None,
             latency_samples=len(sample),
         )
     return figures
+
+
+def versions_served(engine: Engine, alias: str, since: datetime, until: datetime) -> list[str]:
+    """The versions of `alias` that answered a request in [since, until), oldest version first."""
+    with Session(engine) as session:
+        found = session.exec(select(Interaction.served_version).distinct().where(
+            Interaction.model_alias == alias, Interaction.created_at >= since, Interaction.created_at < until,
+            Interaction.status != InteractionStatus.rejected)).all()
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    start: datetime
+    end: datetime
+    figures: ArmFigures
+
+
+def arm_series(engine: Engine, alias: str, version_ids: list[str], start: datetime, end: datetime,
+               buckets: int = 24) -> dict[str, list[SeriesPoint]]:
+    """Each version's figures per time bucket from `start` to `end` (the console's plots): the same query as
+    the canary analysis, one window per bucket, so a plot and a decision never disagree on a number."""
+    if buckets < 1 or end <= start:
+        raise ValueError("arm_series needs buckets >= 1 and end after start")
+    width = (end - start) / buckets
+    series: dict[str, list[SeriesPoint]] = {version: [] for version in version_ids}
+    for i in range(buckets):
+        low, high = start + i * width, start + (i + 1) * width if i < buckets - 1 else end
+        for version, figures in arm_figures(engine, alias, version_ids, low, until=high).items():
+            series[version].append(SeriesPoint(low, high, figures))
+    return series

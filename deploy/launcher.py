@@ -28,6 +28,7 @@ from core.clock import utcnow
 from core.db import Db
 from core.deployments_table import DeploymentCreate, DeploymentMode, DeploymentPublic, DeploymentStatus
 from core.settings import Settings
+from deploy import vllm_http
 from deploy.deployments import (
     DeploymentError,
     active_deployment,
@@ -46,15 +47,7 @@ from deploy.vllm import (
     start_vllm,
     stop_process_group,
 )
-from deploy.vllm_http import (
-    in_flight,
-    is_healthy,
-    is_vllm_process,
-    load_adapter,
-    served_models,
-    unload_adapter,
-    warm_up,
-)
+from deploy.vllm_http import in_flight, is_healthy, is_vllm_process, load_adapter, served_models, unload_adapter
 from registry.models import ModelVersionPublic
 from registry.store import get_version, list_versions
 
@@ -204,7 +197,7 @@ class Launcher:
         self._children[server.pid] = server.process  # known from its first second: stop_all stops it, even starting
         try:
             server.wait_healthy(self.config.health_timeout_s)
-            warm_s = warm_up(server.base_url, version.id, timeout_s=self.config.health_timeout_s)
+            warm_s = vllm_http.warm_up(server.base_url, version.id, timeout_s=self.config.health_timeout_s)
         except (VLLMStartError, httpx.HTTPError, RuntimeError) as exc:
             self._children.pop(server.pid, None)
             server.stop(self.config.stop_grace_s)
@@ -214,8 +207,7 @@ class Launcher:
         return record_deployment(self.engine, DeploymentCreate(
             version_id=version.id, alias=version.alias, mode=DeploymentMode.merged, served_name=version.id,
             model_path=version.merged_path, base_url=self.config.url_for(config.port), machine=self.machine,
-            port=config.port,
-            pid=server.pid, lora_enabled=config.enable_lora, log_path=str(server.log_path),
+            port=config.port, pid=server.pid, lora_enabled=config.enable_lora, log_path=str(server.log_path),
             command=config.command(self.python),
         ))
 
@@ -236,7 +228,7 @@ class Launcher:
             host = self._start_host(version)
         try:
             load_adapter(host.base_url, version.id, version.adapter_path)
-            warm_up(host.base_url, version.id, timeout_s=self.config.health_timeout_s)
+            vllm_http.warm_up(host.base_url, version.id, timeout_s=self.config.health_timeout_s)
         except (httpx.HTTPError, RuntimeError) as exc:
             raise DeploymentError(f"{version.id}: loading the adapter into {host.served_name} failed: {exc}") from None
         log.info("hot-loaded adapter %s into %s at %s", version.id, host.served_name, host.base_url)

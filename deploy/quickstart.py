@@ -30,15 +30,20 @@ def ensure_base_model(settings: Settings, console: Console) -> str:
     return str(prepared.path)
 
 
-def quickstart_key(settings: Settings, engine: Engine) -> str:
-    """One app key for the local quickstart, made on first run and kept (mode 0600) under HOME."""
-    path = settings.home / "quickstart-key"
+def quickstart_key(settings: Settings, engine: Engine, scope: Scope = Scope.app) -> str:
+    """One key of `scope` for the local quickstart (an app key for apps, an admin key for the console), made on
+    first run and kept (mode 0600) under HOME."""
+    path = quickstart_key_path(settings, scope)
     if path.exists():
         return path.read_text().strip()
-    _public, plain = create_key(engine, Scope.app, "quickstart")
+    _public, plain = create_key(engine, scope, f"quickstart {scope}")
     path.write_text(plain + "\n")
     os.chmod(path, 0o600)
     return plain
+
+
+def quickstart_key_path(settings: Settings, scope: Scope = Scope.app) -> Path:
+    return settings.home / ("quickstart-key" if scope == Scope.app else "quickstart-admin-key")
 
 
 def prepare(settings: Settings, engine: Engine, console: Console, alias: str = DEFAULT_ALIAS) -> str:
@@ -48,7 +53,7 @@ def prepare(settings: Settings, engine: Engine, console: Console, alias: str = D
     return quickstart_key(settings, engine)
 
 
-def usage_text(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> str:
+def usage_text(base_url: str, key: str, alias: str = DEFAULT_ALIAS, admin_key_file: Path | None = None) -> str:
     """Copy-pasteable examples (printed unwrapped: a wrapped curl line breaks when pasted)."""
     curl = (
         f"curl {base_url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
@@ -66,4 +71,6 @@ def usage_text(base_url: str, key: str, alias: str = DEFAULT_ALIAS) -> str:
         f"curl {base_url}/v1/feedback -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
         "  -d '{\"response_id\": \"<r.id>\", \"rating\": \"down\", \"correction\": \"the right answer\"}'"
     )
-    return f"tuneloop is up. Try:\n\n{curl}\n\n{python}\n\n{feedback}\n"
+    console = (f"\n\nOps console: {base_url}/console (sign in with the admin key in {admin_key_file})"
+               if admin_key_file is not None else "")
+    return f"tuneloop is up. Try:\n\n{curl}\n\n{python}\n\n{feedback}{console}\n"

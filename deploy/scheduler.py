@@ -29,6 +29,8 @@ from core.settings import Settings
 from registry.judges import Judge
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from deploy.launcher import Launcher
     from deploy.worker_metrics import WorkerMetrics
 
@@ -37,6 +39,7 @@ log = logging.getLogger("tuneloop.scheduler")
 CYCLE_JOB_PREFIX = "cycle:"
 WATCH_JOB_PREFIX = "canary-watch:"
 SUPERVISE_JOB = "supervise-servers"
+REQUESTS_JOB = "requested-cycles"
 
 
 class ScheduleError(ValueError):
@@ -58,6 +61,7 @@ class JobContext:
     launcher: Launcher
     leading: Callable[[], bool] = field(default=_always)
     metrics: WorkerMetrics | None = None
+    tracer: Tracer | None = None  # a span per cycle and per step (deploy.cycle.trace_run); None: none made
 
 
 # The job store keeps jobs by function name and arguments only, so the running process's objects reach its
@@ -117,8 +121,9 @@ def show_schedule(settings: Settings) -> list[ScheduledJob]:
 
 def start_scheduler(context: JobContext, *, supervise_s: float | None = None) -> BackgroundScheduler:
     """The leader's running scheduler: the configured aliases' cycles (unless already scheduled with another
-    cron by `tuneloop schedule set`) and a canary watch per alias, run with `context`; with `supervise_s`, also
-    the supervision (clean-up of dead cycles, vLLM servers) now and every `supervise_s`."""
+    cron by `tuneloop schedule set`), a canary watch per alias and the cycles operators asked for (every
+    `worker.supervise_s`), run with `context`; with `supervise_s`, also the supervision (clean-up of dead cycles,
+    vLLM servers) now and every `supervise_s`."""
     global _running
     _running = context
     settings = context.settings
@@ -131,6 +136,8 @@ def start_scheduler(context: JobContext, *, supervise_s: float | None = None) ->
                               id=CYCLE_JOB_PREFIX + alias, name=f"improvement cycle of {alias}")
         scheduler.add_job(watch_canary, IntervalTrigger(seconds=settings.cycle.canary_watch_s), args=[alias],
                           id=WATCH_JOB_PREFIX + alias, name=f"canary watch of {alias}", replace_existing=True)
+    scheduler.add_job(requested_cycles, IntervalTrigger(seconds=settings.worker.supervise_s), id=REQUESTS_JOB,
+                      name="cycles operators asked for", replace_existing=True)
     if supervise_s is not None:
         scheduler.add_job(supervise_servers, IntervalTrigger(seconds=supervise_s), id=SUPERVISE_JOB,
                           name="supervise vLLM servers", replace_existing=True, next_run_time=utcnow())
@@ -159,8 +166,34 @@ def _as_leader(job: str, body: Callable[[JobContext], dict[str, Any]]) -> dict[s
 
 
 def scheduled_cycle(alias: str, trigger: str = "schedule") -> dict[str, Any]:
-    """The cron job: one cycle of `alias`."""
-    return _as_leader(CYCLE_JOB_PREFIX + alias, lambda context: run_cycle_now(context, alias, trigger))
+    """The cron job: one cycle of `alias`, unless an operator paused its schedule (then a skipped run says so)."""
+
+    def body(context: JobContext) -> dict[str, Any]:
+        from deploy.controls import control_state
+        from deploy.cycle_runs import make_holder, record_skipped_start
+
+        hold = control_state(context.engine, alias)
+        if trigger == "schedule" and hold.paused:
+            why = f"schedule paused by {hold.paused_by}" + (f": {hold.paused_reason}" if hold.paused_reason else "")
+            run = record_skipped_start(context.engine, alias, trigger, make_holder("scheduler"), why)
+            return {"id": run.id, "status": str(run.status), "reason": why}
+        return run_cycle_now(context, alias, trigger)
+
+    return _as_leader(CYCLE_JOB_PREFIX + alias, body)
+
+
+def requested_cycles() -> dict[str, Any]:
+    """The interval job: the cycles operators asked for (`tuneloop cycle request`, the console), one by one."""
+    from deploy.controls import take_requests
+
+    def body(context: JobContext) -> dict[str, Any]:
+        done = {}
+        for request in take_requests(context.engine):
+            log.info("cycle of %s requested by %s", request.alias, request.run_requested_by)
+            done[request.alias] = run_cycle_now(context, request.alias, "manual")
+        return done
+
+    return _as_leader(REQUESTS_JOB, body)
 
 
 def watch_canary(alias: str) -> dict[str, Any]:
@@ -191,7 +224,7 @@ def run_cycle_now(context: JobContext, alias: str, trigger: str) -> dict[str, An
                          gate=settings.cycle.gate)
     lease = LeasePolicy(ttl_s=settings.cycle.lease_ttl_s, heartbeat_s=settings.cycle.lease_ttl_s / 5)
     run = run_cycle(context.engine, alias, build_steps(settings, context.launcher, policy, context.judge),
-                    trigger=trigger, lease=lease, cleanup=cleanup_run(context.launcher))
+                    trigger=trigger, lease=lease, cleanup=cleanup_run(context.launcher), tracer=context.tracer)
     log.info("cycle %s of %s: %s %s", run.id, alias, run.status, run.reason or "")
     if context.metrics is not None:
         from deploy.worker_metrics import observe_run

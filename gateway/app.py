@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.db import make_engine
 from core.settings import Settings
+from core.tracing import Tracing
 from feedback.interaction_log import InteractionLog, WriterStats
 from gateway.auth import KeyCache
 from gateway.errors import install_error_handlers
@@ -22,14 +23,19 @@ from gateway.registry_router import CompositeRouter, RegistryRouter
 from gateway.routes import feedback, openai, ops
 from gateway.routing import ReplicaPicker, Router, StaticRouter
 from gateway.serving import Gateway, new_request_id
+from gateway.tracing import http_telemetry
 from gateway.upstream import UpstreamClient
 
 
-def create_app(settings: Settings, router: Router | None = None, metrics_dir: Path | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, router: Router | None = None, metrics_dir: Path | None = None,
+    tracing: Tracing | None = None,
+) -> FastAPI:
     """The app for these settings; callers load them (library code never reads the environment itself).
 
     `metrics_dir`: this is one of several gateway processes, whose metrics meet in that directory
-    (`gateway.metrics`); the caller started prometheus_client on it."""
+    (`gateway.metrics`); the caller started prometheus_client on it. `tracing`: a span per call
+    (`gateway.tracing`), flushed and shut down when the app stops; None: no span is made."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,6 +65,7 @@ def create_app(settings: Settings, router: Router | None = None, metrics_dir: Pa
             metrics=metrics,
             picker=ReplicaPicker(),
             limiter=RateLimiter(settings.redis_url or "memory://"),  # Redis: one budget for all processes
+            tracer=tracing.tracer if tracing is not None else None,
         )
         try:
             yield
@@ -71,9 +78,12 @@ def create_app(settings: Settings, router: Router | None = None, metrics_dir: Pa
             await client.aclose()
             await app.state.gateway.limiter.close()
             engine.dispose()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # the last spans' export, off the event loop
 
     # redirect_slashes off: a 307 to a Location built from the client's Host header helps no API client
-    app = FastAPI(title="tuneloop gateway", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    app = FastAPI(title="tuneloop gateway", version="0.1.0", lifespan=lifespan, redirect_slashes=False,
+                  telemetry=http_telemetry(tracing))
     install_error_handlers(app)
     app.add_middleware(RequestContext)
     app.include_router(openai.router)

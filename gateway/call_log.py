@@ -1,4 +1,5 @@
-"""What one proxied call leaves behind: its interaction row (built, then written) and its request metrics.
+"""What one proxied call leaves behind: its interaction row (built, then written), its request metrics, and its
+span when tracing is on (built from the row).
 
 Shared by the buffered path (gateway.proxy) and the stream relay (gateway.streaming).
 """
@@ -11,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from core.clock import utcnow
-from feedback.interaction_log import DuplicateIdempotencyKey, interaction_values
+from feedback.interaction_log import DuplicateIdempotencyKey, RowRejected, StoreUnavailable, interaction_values
 from feedback.models import InteractionStatus
 from gateway.routing import Route
 from gateway.serving import Call, Gateway
+from gateway.tracing import trace_call
 
 log = logging.getLogger("tuneloop.gateway")
 
@@ -55,14 +57,28 @@ def call_row(
     )
 
 
-async def write_row(gw: Gateway, row: dict[str, Any], *, replace: bool = False) -> None:
-    """Log the row; a key taken over meanwhile (its claim had expired) must not cost the row itself."""
+async def write_row(
+    gw: Gateway, row: dict[str, Any], *, replace: bool = False, error_type: str | None = None
+) -> None:
+    """Log a finished call's row; a key taken over meanwhile (its claim had expired) must not cost the row itself.
+
+    With tracing on, the call's span is made from the same row (gateway.tracing), with `error_type` (the gateway's
+    error code) when the call failed, or the store's refusal when the row was refused; off, nothing more is done."""
     try:
-        await gw.interaction_log.write(row, replace=replace)
-    except DuplicateIdempotencyKey:
-        log.warning("interaction %s: Idempotency-Key already answered by another request; logged without it",
-                    row["id"])
-        await gw.interaction_log.write(dict(row, idempotency_key=None, idempotency_fingerprint=None), replace=replace)
+        try:
+            await gw.interaction_log.write(row, replace=replace)
+        except DuplicateIdempotencyKey:
+            log.warning("interaction %s: Idempotency-Key already answered by another request; logged without it",
+                        row["id"])
+            await gw.interaction_log.write(dict(row, idempotency_key=None, idempotency_fingerprint=None),
+                                           replace=replace)
+    except (StoreUnavailable, RowRejected) as exc:
+        if gw.tracer is not None:
+            trace_call(gw.tracer, row, error_type or ("row_rejected" if isinstance(exc, RowRejected)
+                                                      else "store_unavailable"))
+        raise
+    if gw.tracer is not None:
+        trace_call(gw.tracer, row, error_type)
 
 
 def count_call(gw: Gateway, call: Call, route: Route, status: int) -> None:

@@ -197,6 +197,6 @@ async def _log_failure(gw: Gateway, call: Call, route: Route, error: GatewayErro
     row = call_row(call, route, InteractionStatus.upstream_error, error.status, error=error.detail.message)
     count_call(gw, call, route, error.status)
     try:
-        await gw.interaction_log.write(row)
+        await write_row(gw, row, error_type=error.detail.code or error.detail.type)
     except (StoreUnavailable, RowRejected) as exc:
         log.error("failed interaction %s not logged: %s", call.request_id, exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -17,6 +17,9 @@ from gateway.protocol import SamplingFields
 from gateway.ratelimit import RateLimiter
 from gateway.routing import ReplicaPicker, Router
 from gateway.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Gateway:
     metrics: GatewayMetrics
     picker: ReplicaPicker
     limiter: RateLimiter  # per-key rpm/tpm (gateway.ratelimit)
+    tracer: Tracer | None = None  # a span per finished call (gateway.tracing); None: tracing off, no span made
 
 
 @dataclass

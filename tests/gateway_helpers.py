@@ -17,8 +17,8 @@ from core.db import make_engine
 from core.settings import Settings
 from deploy.vllm import free_port
 from feedback.models import Interaction, InteractionStatus
-from gateway.app import create_app
 from tests.servers import serve
+from tuneloop.compose import gateway_app
 
 
 @dataclass
@@ -75,7 +75,7 @@ def running_gateway(db_url: str, home: Path, upstreams: dict[str, list[str]], **
     _other, other_key = create_key(engine, Scope.app, "other-app")
     _admin, admin_key = create_key(engine, Scope.admin, "test-admin")
     settings = Settings(home=home, database_url=db_url, upstreams=upstreams, **overrides)
-    with serve(create_app(settings)) as url:
+    with serve(gateway_app(settings)) as url:  # as every entry point builds it
         yield RunningGateway(url, engine, app_key, other_key, admin_key, app_public.id)
     engine.dispose()
 

@@ -29,7 +29,9 @@ def test_a_thumbs_only_day_is_learned_with_kto_and_promoted(tmp_path: Path, real
         report = run_demo(settings, Console(width=120), config)
     finally:
         Launcher.for_settings(make_engine(settings.resolved_database_url), settings).stop_all("test finished")
-    assert report.cycle.status == "succeeded", report.cycle.reason or report.cycle.error
+    # on failure, what the cycle saw and made: the data's counts, the method's plan, the run's losses
+    seen = {step.name: step.figures for step in report.cycle.steps if step.name in ("curate", "train")}
+    assert report.cycle.status == "succeeded", (report.cycle.reason or report.cycle.error, report.before, seen)
     curate_figures = next(step.figures for step in report.cycle.steps if step.name == "curate")
     assert curate_figures["method"] == "kto", curate_figures
     assert curate_figures["counts"]["selected"].get("correction", 0) == 0  # thumbs alone

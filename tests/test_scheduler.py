@@ -9,6 +9,7 @@ from core.db import make_engine
 from core.settings import Settings
 from deploy.scheduler import (
     CYCLE_JOB_PREFIX,
+    REQUESTS_JOB,
     WATCH_JOB_PREFIX,
     ScheduleError,
     canary_step_now,
@@ -56,7 +57,7 @@ def test_running_scheduler_keeps_a_set_schedule_and_watches_canaries(settings):
         update={"aliases": ["demo"], "cron": "0 3 * * *", "canary_watch_s": 3600})}), judge=ReferenceJudge()))
     try:
         jobs = {job.id: job for job in scheduler.get_jobs()}
-        assert set(jobs) == {CYCLE_JOB_PREFIX + "demo", WATCH_JOB_PREFIX + "demo"}
+        assert set(jobs) == {CYCLE_JOB_PREFIX + "demo", WATCH_JOB_PREFIX + "demo", REQUESTS_JOB}
         assert "hour='1', minute='30'" in str(jobs[CYCLE_JOB_PREFIX + "demo"].trigger)
     finally:
         scheduler.shutdown(wait=False)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlmodel import Session, select
 
@@ -58,6 +59,14 @@ def test_sigterm_stops_the_vllm_servers_it_started(tmp_path: Path, demo_model_di
         assert any(line.startswith("scheduled: improvement cycle") for line in seen)  # the worker leads
         children = [int(pid) for pid in re.findall(r"pid (\d+)", seen[-1])]  # the gateway's and the worker's
         assert len(children) == 2 and all(_alive(pid) for pid in children)
+        # the banner names the ops console, and the admin key it points to signs in there
+        console_url = re.search(r"Ops console: (http://\S+/console) \(sign in with the admin key in (\S+)\)",
+                                "".join(seen))
+        assert console_url is not None, "".join(seen[-20:])
+        with httpx.Client(timeout=10) as browser:
+            key = Path(console_url.group(2)).read_text().strip()
+            assert browser.post(console_url.group(1) + "/signin", data={"key": key}).status_code == 303
+            assert browser.get(console_url.group(1)).status_code == 200
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
     finally:

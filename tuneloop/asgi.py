@@ -35,9 +35,11 @@ def gateway_metrics_dir(settings: Settings) -> Path:
 def gateway_app() -> FastAPI:
     # Imported here, not above: `tuneloop serve`'s supervising process imports this module for the metrics
     # directory alone and need not carry the app's imports.
-    from gateway.app import create_app
     from gateway.metrics import values_in_files
+    from tuneloop.compose import gateway_app as build
+    from tuneloop.compose import tracing
 
     tune_gc_for_serving()
     settings = load_settings()
-    return create_app(settings, metrics_dir=gateway_metrics_dir(settings) if values_in_files() else None)
+    return build(settings, metrics_dir=gateway_metrics_dir(settings) if values_in_files() else None,
+                 tracing=tracing(settings, "gateway"))

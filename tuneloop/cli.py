@@ -77,7 +77,8 @@ def serve_command(
 def up_command() -> None:
     """Bring up the whole system on the embedded default: SmolLM2-135M-Instruct on real vLLM, served by the
     gateway (`tuneloop serve`), improved by the worker (`tuneloop worker`), each its own process."""
-    from deploy.quickstart import DEFAULT_ALIAS, prepare, usage_text
+    from core.api_keys import Scope
+    from deploy.quickstart import DEFAULT_ALIAS, prepare, quickstart_key, quickstart_key_path, usage_text
     from tuneloop.compose import check_cycle_train
     from tuneloop.processes import UpError, run_up
 
@@ -87,7 +88,11 @@ def up_command() -> None:
     check_cycle_train(settings)  # a bad cycle setting stops here, before any process starts
     engine = open_store(settings)
     app_key = prepare(settings, engine, console, DEFAULT_ALIAS)
-    banner = usage_text(f"http://{settings.host}:{settings.port}", app_key)
+    admin_key_file = None
+    if settings.console.enabled:
+        quickstart_key(settings, engine, Scope.admin)
+        admin_key_file = quickstart_key_path(settings, Scope.admin).resolve()
+    banner = usage_text(f"http://{settings.host}:{settings.port}", app_key, admin_key_file=admin_key_file)
     try:
         code = run_up(settings, engine, DEFAULT_ALIAS, banner, console)
     except UpError as exc:

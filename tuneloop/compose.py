@@ -6,16 +6,20 @@ factory) reads the settings and builds them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from core.db import check_schema, make_engine
 from core.settings import Settings, SettingsError
+from core.tracing import Tracing, start_tracing
 from deploy.launcher import Launcher
 from deploy.scheduler import JobContext
 from registry.judge_factory import build_judge
 from registry.judges import Judge
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def judge(settings: Settings) -> Judge:
@@ -33,6 +37,20 @@ def check_cycle_train(settings: Settings) -> None:
     except ConfigError as exc:
         message = str(exc).split(": ", 1)[-1]
         raise SettingsError(f"invalid settings: TUNELOOP_CYCLE__TRAIN__{exc.field.upper()}: {message}") from None
+
+
+def tracing(settings: Settings, role: str) -> Tracing | None:
+    """This process's traces (`TUNELOOP_OTEL_ENDPOINT`), as service `{otel_service_name}-{role}`; None: off."""
+    return start_tracing(settings.otel_endpoint, f"{settings.otel_service_name}-{role}", settings.otel_sample_ratio)
+
+
+def gateway_app(settings: Settings, **options: Any) -> FastAPI:
+    """The gateway's app as every entry point serves it: the API (`gateway.app.create_app`, with `options`)
+    and, unless turned off, the ops console at /console."""
+    from gateway.app import create_app
+    from tuneloop.console import mount_console
+
+    return mount_console(create_app(settings, **options), settings)
 
 
 def open_store(settings: Settings) -> Engine:

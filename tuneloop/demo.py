@@ -34,10 +34,10 @@ from deploy.demo_traffic import Rater, TrafficSummary, honest_rater, simulate_us
 from deploy.inprocess import serve_in_thread
 from deploy.launcher import Launcher
 from deploy.quickstart import ensure_base_model
-from gateway.app import create_app
 from registry import store
 from registry.evaluate import evaluate_endpoint, examples_from_records
 from registry.reference_judge import ReferenceJudge
+from tuneloop.compose import gateway_app
 from tuneloop.compose import judge as configured_judge
 
 # The trainer's defaults for the machine (trainer/defaults.py); per-epoch eval is skipped to save time.
@@ -177,7 +177,7 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
     task = config.task
     heldout = task.make_examples(config.heldout, config.seed + 1000)
     report_traffic: dict[str, TrafficSummary] = {}
-    with serve_in_thread(create_app(settings), settings.host) as gateway_url:
+    with serve_in_thread(gateway_app(settings), settings.host) as gateway_url:
         console.print(f"[bold]2/6[/] measuring {production_id} on {config.heldout} held-out questions ...")
         before = measure(deployment.base_url, production_id, heldout, task)
         console.print(f"[bold]3/6[/] morning: {config.morning_requests} questions from {config.users} users ...")

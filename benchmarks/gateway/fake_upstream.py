@@ -5,6 +5,10 @@ content chunks `--chunk-gap-ms` apart, a finish chunk, a usage chunk when `strea
 then [DONE]). The path may carry a prefix (`/gw/v1/...`, `/litellm/v1/...`): requests are counted per prefix,
 so the benchmark knows exactly how many calls each proxy made. GET /stats returns those counts as JSON.
 
+Also a minimal OTLP/HTTP traces sink for a gateway with tracing on: POST /v1/traces answers 200 (an empty
+ExportTraceServiceResponse) and counts the posts, their bytes and the spans in them by name (decoded with
+opentelemetry-proto when it is installed); GET /otlp returns those counts as JSON.
+
 Run: python fake_upstream.py --port 9000 [--chunk-gap-ms 2]
 """
 
@@ -21,6 +25,11 @@ import httptools
 import orjson
 import uvloop
 
+try:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+except ImportError:  # the sink then counts posts and bytes only
+    ExportTraceServiceRequest = None
+
 WORDS = ["Hello", "from", "the", "fake", "upstream", "benchmark."]
 TEXT = " ".join(WORDS)
 USAGE = {"prompt_tokens": 12, "completion_tokens": len(WORDS), "total_tokens": 12 + len(WORDS)}
@@ -34,6 +43,26 @@ class Upstream:
         self.chunk_gap_s = chunk_gap_s
         self.ids = itertools.count()
         self.counts: Counter[str] = Counter()
+        self.otlp_posts = 0
+        self.otlp_bytes = 0
+        self.otlp_undecoded = 0  # posts whose spans could not be counted (no opentelemetry-proto, bad body)
+        self.spans: Counter[str] = Counter()  # span name -> spans received
+
+    def take_traces(self, body: bytes) -> None:
+        self.otlp_posts += 1
+        self.otlp_bytes += len(body)
+        try:
+            request = ExportTraceServiceRequest.FromString(body)  # type: ignore[union-attr]
+        except Exception:  # no opentelemetry-proto (None has no FromString), or not a valid request
+            self.otlp_undecoded += 1
+            return
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                self.spans.update(span.name for span in scope.spans)
+
+    def otlp_stats(self) -> bytes:
+        return orjson.dumps({"posts": self.otlp_posts, "bytes": self.otlp_bytes, "undecoded": self.otlp_undecoded,
+                             "spans": self.spans})
 
 
 def head(status: int, content_type: bytes, length: int | None, keep_alive: bool) -> bytes:
@@ -125,6 +154,13 @@ class HttpConnection(asyncio.Protocol):
         path = self.url.split(b"?", 1)[0].decode()
         if method == b"GET" and path == "/stats":
             self.send(200, b"application/json", orjson.dumps(self.upstream.counts), keep_alive)
+            return
+        if method == b"GET" and path == "/otlp":
+            self.send(200, b"application/json", self.upstream.otlp_stats(), keep_alive)
+            return
+        if method == b"POST" and path == "/v1/traces":
+            self.upstream.take_traces(b"".join(self.body))
+            self.send(200, b"application/x-protobuf", b"", keep_alive)
             return
         if method == b"GET" and path.endswith("/health"):
             self.send(200, b"text/plain", b"ok", keep_alive)

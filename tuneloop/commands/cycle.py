@@ -1,7 +1,8 @@
-"""`tuneloop cycle run-now|list|show` and `tuneloop schedule show|set`."""
+"""`tuneloop cycle run-now|request|list|show` and `tuneloop schedule show|set|pause|resume`."""
 
 from __future__ import annotations
 
+import getpass
 import json
 
 import typer
@@ -9,8 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from core.settings import load_settings
+from deploy import controls
 from deploy.cycle_runs import get_run, list_runs
 from deploy.scheduler import ScheduleError, run_cycle_now, set_schedule, show_schedule
+from registry.errors import RegistryError
 from tuneloop.compose import job_context, open_store
 
 cycle_app = typer.Typer(help="The improvement cycle: curate, train, merge, gate, canary.", no_args_is_help=True)
@@ -26,6 +29,25 @@ def run_now(alias: str = typer.Option("demo", help="The model alias to improve."
     console.print(f"cycle {outcome['id']}: [bold]{outcome['status']}[/] {outcome['reason'] or ''}")
     if outcome["status"] == "failed":
         raise typer.Exit(1)
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _refused(exc: Exception) -> typer.Exit:
+    console.print(f"[red]refused[/]: {exc}")
+    return typer.Exit(1)
+
+
+@cycle_app.command("request")
+def request_command(alias: str = typer.Argument(..., help="The model alias to improve.")) -> None:
+    """Ask the running worker for a cycle now (its leader takes requests every worker.supervise_s)."""
+    try:
+        state = controls.request_run(open_store(load_settings()), alias, _actor())
+    except RegistryError as exc:
+        raise _refused(exc) from None
+    console.print(f"cycle of {alias} requested at {state.run_requested_at:%H:%M:%S} by {state.run_requested_by}")
 
 
 @cycle_app.command("list")
@@ -79,3 +101,24 @@ def schedule_set(alias: str = typer.Option(..., help="Model alias."),
         console.print(f"[red]refused[/]: {exc}")
         raise typer.Exit(2) from None
     console.print(f"{job.id}: {cron} (next run {job.next_run})")
+
+
+@schedule_app.command("pause")
+def schedule_pause(alias: str = typer.Argument(..., help="Model alias."),
+                   reason: str = typer.Option(..., help="Why (shown with every skipped cycle).")) -> None:
+    """Stop the alias's scheduled cycles until resumed (the canary watch goes on; requested cycles still run)."""
+    try:
+        controls.pause(open_store(load_settings()), alias, _actor(), reason)
+    except RegistryError as exc:
+        raise _refused(exc) from None
+    console.print(f"schedule of {alias} paused")
+
+
+@schedule_app.command("resume")
+def schedule_resume(alias: str = typer.Argument(..., help="Model alias.")) -> None:
+    """Run the alias's scheduled cycles again."""
+    try:
+        controls.resume(open_store(load_settings()), alias, _actor())
+    except RegistryError as exc:
+        raise _refused(exc) from None
+    console.print(f"schedule of {alias} resumed")

@@ -32,7 +32,7 @@ def worker_command(
     from deploy.scheduler import start_scheduler
     from deploy.worker import LeaderPolicy, Leadership
     from deploy.worker_metrics import WorkerMetrics, serve_worker_metrics
-    from tuneloop.compose import job_context
+    from tuneloop.compose import job_context, tracing
 
     settings = load_settings()
     _configure_logging(log_level)
@@ -56,7 +56,9 @@ def worker_command(
         console.print(f"worker metrics at http://{settings.host}:{settings.worker.metrics_port}/metrics")
     policy = LeaderPolicy(ttl_s=settings.worker.leader_ttl_s)
     leadership: Leadership
-    context = job_context(settings, leading=lambda: leadership.leading(), metrics=metrics)
+    traces = tracing(settings, "worker")  # a span per cycle and per step; None: off
+    context = job_context(settings, leading=lambda: leadership.leading(), metrics=metrics,
+                          tracer=traces.tracer if traces is not None else None)
     leadership = Leadership(
         context.engine, policy, lambda: start_scheduler(context, supervise_s=settings.worker.supervise_s),
         announce=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
@@ -76,6 +78,8 @@ def worker_command(
     except Exception:
         logging.getLogger("tuneloop.worker").exception("stopping the worker's servers failed")
         code = 1
+    if traces is not None:
+        traces.shutdown()  # export the spans still batched: os._exit runs no atexit hook
     # A cycle still running in a job thread would keep the process alive until it ends (hours of training):
     # stop now instead. Its training or merge child dies with this process, and the next leader cleans the
     # cycle up as it does after a crash (deploy/supervise.py).
