@@ -9,7 +9,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from core.settings import Settings
-from tuneloop.console.routes import ConsoleContext, launcher_factory, router, session_lifetime
+from tuneloop.console.routes import (
+    ConsoleContext,
+    SignInRequired,
+    launcher_factory,
+    router,
+    session_lifetime,
+    to_signin,
+)
 from tuneloop.console.session import SessionCodec, load_or_create_secret
 
 
@@ -23,5 +30,6 @@ def mount_console(app: FastAPI, settings: Settings) -> FastAPI:
         launcher_for=launcher_factory(settings.home),
         bootstrap_admin=bool(settings.admin_key),
     )
+    app.add_exception_handler(SignInRequired, to_signin)
     app.include_router(router)
     return app

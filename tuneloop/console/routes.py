@@ -11,10 +11,10 @@ import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
@@ -79,6 +79,27 @@ async def _who(request: Request) -> SignedIn | None:
     return await signed_in(request, context.codec, engine, context.bootstrap_admin)
 
 
+class SignInRequired(Exception):
+    """Raised by a page without a valid session; answered with a 303 to the sign-in page (`mount_console`)."""
+
+
+async def _required(request: Request) -> SignedIn:
+    if (who := await _who(request)) is None:
+        raise SignInRequired
+    return who
+
+
+Who = Annotated[SignedIn, Depends(_required)]
+
+
+async def to_signin(request: Request, _exc: Exception) -> Response:
+    return _to_signin(request)
+
+
+def _not_found(request: Request, who: SignedIn, message: str) -> HTMLResponse:
+    return _render(request, "message.html", status_code=404, who=who, title="Not found", message=message)
+
+
 def _safe_next(target: str | None) -> str:
     """Only a path of this console (never another site) after sign-in."""
     if target and target.startswith("/console") and not target.startswith("//") and "\\" not in target:
@@ -136,9 +157,7 @@ async def signout(request: Request) -> Response:
 
 
 @router.get("")
-async def overview(request: Request, window: str = "1h", notice: str = "") -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def overview(request: Request, who: Who, window: str = "1h", notice: str = "") -> Response:
     context, engine = _context(request)
     window = window if window in pages.WINDOWS else "1h"
     aliases = await asyncio.to_thread(pages.overview, engine, context.policy, window)
@@ -147,54 +166,43 @@ async def overview(request: Request, window: str = "1h", notice: str = "") -> Re
 
 
 @router.get("/cycles")
-async def cycles(request: Request, alias: str = "") -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def cycles(request: Request, who: Who, alias: str = "") -> Response:
     _c, engine = _context(request)
     runs = await asyncio.to_thread(pages.cycles, engine, alias or None)
     return _render(request, "cycles.html", who=who, runs=runs, alias=alias)
 
 
 @router.get("/cycles/{run_id}")
-async def cycle(request: Request, run_id: int) -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def cycle(request: Request, who: Who, run_id: int) -> Response:
     _c, engine = _context(request)
     run = await asyncio.to_thread(pages.cycle, engine, run_id)
     if run is None:
-        return _render(request, "message.html", status_code=404, who=who, title="Not found",
-                       message=f"No cycle run {run_id}.")
+        return _not_found(request, who, f"No cycle run {run_id}.")
     durations = {step.id: (step.finished_at - step.started_at).total_seconds() if step.finished_at else None
                  for step in run.steps}
     return _render(request, "cycle.html", who=who, run=run, durations=durations)
 
 
 @router.get("/versions")
-async def versions(request: Request, alias: str = "") -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def versions(request: Request, who: Who, alias: str = "") -> Response:
     _c, engine = _context(request)
     page = await asyncio.to_thread(pages.versions, engine, alias or None)
     return _render(request, "versions.html", who=who, page=page, alias=alias)
 
 
 @router.get("/versions/{version_id}")
-async def version(request: Request, version_id: str) -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def version(request: Request, who: Who, version_id: str) -> Response:
     _c, engine = _context(request)
     try:
         found, audit = await asyncio.to_thread(pages.version, engine, version_id)
     except RegistryError as exc:
-        return _render(request, "message.html", status_code=404, who=who, title="Not found", message=str(exc))
+        return _not_found(request, who, str(exc))
     return _render(request, "version.html", who=who, version=found, audit=audit)
 
 
 @router.get("/interactions")
-async def interactions(request: Request, alias: str = "", version: str = "", status: str = "", rating: str = "",
-                       q: str = "", page: int = 1) -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def interactions(request: Request, who: Who, alias: str = "", version: str = "", status: str = "",
+                       rating: str = "", q: str = "", page: int = 1) -> Response:
     _c, engine = _context(request)
     page = max(page, 1)
     query = InteractionQuery(alias=alias, version=version, status=status,
@@ -207,21 +215,16 @@ async def interactions(request: Request, alias: str = "", version: str = "", sta
 
 
 @router.get("/interactions/{interaction_id}")
-async def interaction(request: Request, interaction_id: str) -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def interaction(request: Request, who: Who, interaction_id: str) -> Response:
     _c, engine = _context(request)
     found = await asyncio.to_thread(pages.interaction, engine, interaction_id)
     if found is None:
-        return _render(request, "message.html", status_code=404, who=who, title="Not found",
-                       message=f"No interaction {interaction_id}.")
+        return _not_found(request, who, f"No interaction {interaction_id}.")
     return _render(request, "interaction.html", who=who, item=found)
 
 
 @router.post("/actions")
-async def act(request: Request) -> Response:
-    if (who := await _who(request)) is None:
-        return _to_signin(request)
+async def act(request: Request, who: Who) -> Response:
     context, engine = _context(request)
     form = {k: str(v) for k, v in (await request.form()).items()}
     if not who.session.csrf_matches(form.get("csrf_token")):
