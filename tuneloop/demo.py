@@ -33,7 +33,7 @@ from deploy.demo_tasks import ORDERS, SENTIMENT, DemoTask
 from deploy.demo_traffic import Rater, TrafficSummary, honest_rater, simulate_users, thumbs_only
 from deploy.inprocess import serve_in_thread
 from deploy.launcher import Launcher
-from deploy.quickstart import ensure_base_model
+from deploy.quickstart import ensure_base_model, quickstart_key, quickstart_key_path
 from registry import store
 from registry.evaluate import evaluate_endpoint, examples_from_records
 from registry.reference_judge import ReferenceJudge
@@ -178,6 +178,10 @@ def run_demo(settings: Settings, console: Console, config: DemoConfig | None = N
     heldout = task.make_examples(config.heldout, config.seed + 1000)
     report_traffic: dict[str, TrafficSummary] = {}
     with serve_in_thread(gateway_app(settings), settings.host) as gateway_url:
+        if settings.console.enabled:
+            quickstart_key(settings, engine, Scope.admin)
+            console.print(f"    watch it in the ops console: {gateway_url}/console (sign in with the admin key in "
+                          f"{quickstart_key_path(settings, Scope.admin).resolve()})", soft_wrap=True)
         console.print(f"[bold]2/6[/] measuring {production_id} on {config.heldout} held-out questions ...")
         before = measure(deployment.base_url, production_id, heldout, task)
         console.print(f"[bold]3/6[/] morning: {config.morning_requests} questions from {config.users} users ...")
