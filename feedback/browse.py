@@ -50,6 +50,8 @@ class InteractionPage:
 
 
 def search_interactions(engine: Engine, query: InteractionQuery) -> InteractionPage:
+    if any("\x00" in value for value in (query.alias, query.version, query.status, query.text)):
+        return InteractionPage(rows=[], total=0, query=query)  # nothing stored holds NUL (PostgreSQL refuses it)
     ups = (select(func.count()).where(Feedback.interaction_id == Interaction.id, Feedback.rating == Rating.up.value)
            .scalar_subquery())
     downs = (select(func.count())

@@ -325,6 +325,8 @@ def find_interaction(engine: Engine, response_or_request_id: str) -> Interaction
 
 
 def interaction_with_feedback(engine: Engine, interaction_id: str) -> InteractionPublic | None:
+    if "\x00" in interaction_id:
+        return None  # no id holds NUL, and PostgreSQL refuses it in a text parameter
     with Session(engine) as session:
         row = session.get(Interaction, interaction_id)
         if row is None:

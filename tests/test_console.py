@@ -175,3 +175,19 @@ def test_console_can_be_turned_off(any_db_url: str, tmp_path: Path) -> None:
     with running_gateway(any_db_url, tmp_path / "off", upstreams={}, console={"enabled": False}) as gateway, \
             httpx.Client(base_url=gateway.url) as client:
         assert client.get("/console").status_code == 404
+
+
+def test_hostile_page_parameters_get_a_page_or_a_400_never_a_500(gateway: RunningGateway) -> None:
+    client = sign_in(gateway)
+    answers = {path: client.get(path).status_code for path in (
+        "/console/interactions?page=99999999999999999999", "/console/interactions?page=-5",
+        "/console/interactions?q=" + "%25" * 3000, "/console?window=%3Cscript%3E",
+        "/console/cycles/99999999999999999999", "/console/cycles/-1", "/console/interactions/%00",
+        "/console/static/..%2fsession.py", "/console/versions/%00", "/console/interactions?q=%00&alias=%00")}
+    assert answers == {
+        "/console/interactions?page=99999999999999999999": 200, "/console/interactions?page=-5": 200,
+        "/console/interactions?q=" + "%25" * 3000: 200, "/console?window=%3Cscript%3E": 200,
+        "/console/cycles/99999999999999999999": 400, "/console/cycles/-1": 400, "/console/interactions/%00": 404,
+        "/console/static/..%2fsession.py": 404, "/console/versions/%00": 404,
+        "/console/interactions?q=%00&alias=%00": 200}
+    assert "<script>" not in client.get("/console?window=%3Cscript%3E").text

@@ -23,6 +23,7 @@ from feedback.interaction_log import interaction_with_feedback
 from feedback.models import InteractionPublic
 from feedback.scrub import scrub_text
 from registry import store
+from registry.errors import UnknownVersion
 from registry.models import AuditEntryPublic, ModelVersionPublic
 from registry.queries import AliasState
 from tuneloop.console.plots import Series, line_chart
@@ -109,6 +110,8 @@ def versions(engine: Engine, alias: str | None = None, audit_limit: int = 100) -
 
 
 def version(engine: Engine, version_id: str) -> tuple[ModelVersionPublic, list[AuditEntryPublic]]:
+    if "\x00" in version_id:  # PostgreSQL refuses NUL in a text parameter; no id holds one
+        raise UnknownVersion(f"no model version {version_id!r}")
     found = store.get_version(engine, version_id)
     return found, [e for e in reversed(store.audit_log(engine, found.alias)) if e.version_id == found.id]
 

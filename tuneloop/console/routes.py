@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
@@ -28,8 +28,10 @@ from tuneloop.console import actions, pages
 from tuneloop.console.auth import SignedIn, signed_in
 from tuneloop.console.session import COOKIE_NAME, SessionCodec
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 PAGE_SIZE = 50
+MAX_PAGE = 100_000  # offsets stay within a 64-bit integer, whatever a URL says
+MAX_ID = 2**63 - 1
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
@@ -173,7 +175,7 @@ async def cycles(request: Request, who: Who, alias: str = "") -> Response:
 
 
 @router.get("/cycles/{run_id}")
-async def cycle(request: Request, who: Who, run_id: int) -> Response:
+async def cycle(request: Request, who: Who, run_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> Response:
     _c, engine = _context(request)
     run = await asyncio.to_thread(pages.cycle, engine, run_id)
     if run is None:
@@ -204,7 +206,7 @@ async def version(request: Request, who: Who, version_id: str) -> Response:
 async def interactions(request: Request, who: Who, alias: str = "", version: str = "", status: str = "",
                        rating: str = "", q: str = "", page: int = 1) -> Response:
     _c, engine = _context(request)
-    page = max(page, 1)
+    page = min(max(page, 1), MAX_PAGE)
     query = InteractionQuery(alias=alias, version=version, status=status,
                              rating=rating if rating in ("up", "down", "none") else "",  # type: ignore[arg-type]
                              text=q[:200], limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
@@ -245,7 +247,7 @@ def session_lifetime(hours: float) -> int:
     return int(timedelta(hours=hours).total_seconds())
 
 
-def launcher_factory(work_dir: Path) -> Any:
+def launcher_factory(work_dir: FilePath) -> Any:
     """Launchers for the console's promotions and rollbacks: they only mark servers draining (the books);
     the worker's supervision stops them once their requests are done."""
     return lambda engine: Launcher(engine, work_dir)
