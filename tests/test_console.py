@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from core.api_keys import Scope, create_key, revoke_key
-from core.db import make_engine
 from registry import store
 from tests.gateway_helpers import RunningGateway, running_gateway
 from tests.test_deploy_helpers import base_and_candidate
@@ -171,7 +170,6 @@ def test_refusals_are_shown_with_the_registrys_reason(gateway: RunningGateway, t
 
 
 def test_console_can_be_turned_off(any_db_url: str, tmp_path: Path) -> None:
-    make_engine(any_db_url)
     with running_gateway(any_db_url, tmp_path / "off", upstreams={}, console={"enabled": False}) as gateway, \
             httpx.Client(base_url=gateway.url) as client:
         assert client.get("/console").status_code == 404

@@ -31,6 +31,7 @@ from tuneloop.console.plots import Series, line_chart
 WINDOWS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "6h": timedelta(hours=6),
            "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 BUCKETS = 24
+DECISION_LOOKBACK = 200  # audit entries read for the last canary decision
 DECISIONS = ("promote", "rollback_canary", "start_canary", "set_canary_weight", "rollback")
 
 
@@ -51,7 +52,8 @@ def overview(engine: Engine, policy: CanaryPolicy, window: str, now: datetime | 
     result = []
     for state in store.list_aliases(engine):
         state_now, figures, analysis = canary.evaluate(engine, state.alias, policy, now=now)
-        decisions = [e for e in store.audit_log(engine, state.alias) if e.action in DECISIONS]
+        # the newest entries only: an alias's audit log grows with every transition, a page load must not
+        decisions = [e for e in store.audit_log(engine, state.alias, limit=DECISION_LOOKBACK) if e.action in DECISIONS]
         item = AliasOverview(state_now, figures, analysis, decisions[-1] if decisions else None,
                              control_state(engine, state.alias))
         # the versions serving now, and any that served in the window (a promotion's before and after)
